@@ -1,0 +1,194 @@
+"""Load test of `fgia serve`: N concurrent clients POST /search on loopback for a bounded time.
+
+Reports requests/s, p50/p90/p99 latency and errors, and writes JSON + Markdown under benchmarks/results/.
+
+    python benchmarks/serve_load.py INDEX_DIR --clients 16 --duration 30     # starts `python -m fgia.serve`
+    python benchmarks/serve_load.py --url http://127.0.0.1:8000 --clients 16  # an already running server
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass
+class LoadConfig:
+    clients: int = 16
+    duration_s: float = 30.0
+    top_k: int = 10
+    pipeline: str = "c2f"
+    query_expansion: bool = False
+    queries: int = 8  # distinct query images, fetched from the database via /images/{id}
+    device: str = "auto"
+    batching: str = "auto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(index_dir: Path, cfg: LoadConfig, startup_timeout_s: float = 300.0):
+    """Run `python -m fgia.serve` on a free loopback port; yield its URL; stop it afterwards."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "fgia.serve", str(index_dir), "--host", "127.0.0.1", "--port", str(port),
+           "--device", cfg.device, "--batching", cfg.batching, "--log-level", "warning"]
+    proc = subprocess.Popen(cmd)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with code {proc.returncode} before becoming healthy")
+            try:
+                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server not healthy after {startup_timeout_s} s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def fetch_queries(url: str, n: int) -> list[tuple[str, bytes, str]]:
+    """The first `n` database images (by id) as (name, bytes, content type) uploads."""
+    index_size = httpx.get(f"{url}/stats", timeout=10).json().get("index_size", n)
+    out = []
+    for i in np.linspace(0, max(index_size - 1, 0), num=min(n, index_size), dtype=int).tolist():
+        resp = httpx.get(f"{url}/images/{i}", timeout=10)
+        resp.raise_for_status()
+        out.append((f"query{i}", resp.content, resp.headers["content-type"].split(";")[0]))
+    if not out:
+        raise RuntimeError("the server's database is empty; nothing to query with")
+    return out
+
+
+async def client_loop(client: httpx.AsyncClient, url: str, cfg: LoadConfig, queries, offset: int, deadline: float,
+                      latencies: list[float], errors: Counter) -> None:
+    form = {"top_k": str(cfg.top_k), "pipeline": cfg.pipeline, "query_expansion": str(cfg.query_expansion).lower()}
+    k = offset
+    while time.perf_counter() < deadline:
+        name, data, ctype = queries[k % len(queries)]
+        k += 1
+        started = time.perf_counter()
+        try:
+            resp = await client.post(f"{url}/search", files={"file": (name, data, ctype)}, data=form)
+            if resp.status_code != 200:
+                errors[f"HTTP {resp.status_code}"] += 1
+                continue
+        except httpx.HTTPError as exc:
+            errors[type(exc).__name__] += 1
+            continue
+        latencies.append((time.perf_counter() - started) * 1000.0)
+
+
+async def run_load(url: str, cfg: LoadConfig) -> dict:
+    """Drive `cfg.clients` concurrent clients for `cfg.duration_s` seconds; return the measured numbers."""
+    queries = fetch_queries(url, cfg.queries)
+    latencies: list[float] = []
+    errors: Counter = Counter()
+    limits = httpx.Limits(max_connections=cfg.clients, max_keepalive_connections=cfg.clients)
+    async with httpx.AsyncClient(timeout=120.0, limits=limits) as client:
+        # Warm-up: one query per distinct image, not counted.
+        for name, data, ctype in queries:
+            (await client.post(f"{url}/search", files={"file": (name, data, ctype)})).raise_for_status()
+        started = time.perf_counter()
+        deadline = started + cfg.duration_s
+        await asyncio.gather(*(client_loop(client, url, cfg, queries, i, deadline, latencies, errors)
+                               for i in range(cfg.clients)))
+        elapsed = time.perf_counter() - started
+        server_stats = (await client.get(f"{url}/stats")).json()
+    lat = np.asarray(latencies)
+    pct = {f"p{q}_ms": round(float(np.percentile(lat, q)), 1) if lat.size else None for q in (50, 90, 99)}
+    return {
+        "requests": int(lat.size), "errors": sum(errors.values()), "error_kinds": dict(errors),
+        "elapsed_s": round(elapsed, 2), "requests_per_s": round(lat.size / elapsed, 2), **pct,
+        "p99_over_p50": round(pct["p99_ms"] / pct["p50_ms"], 2) if lat.size else None,
+        "server_stats": server_stats,
+    }
+
+
+def write_report(result: dict, cfg: LoadConfig, name: str) -> tuple[Path, Path]:
+    """Write JSON and Markdown next to the other benchmark results."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    machine = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    payload = {"config": asdict(cfg), "machine": machine, **result}
+    json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+    json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    s = result["server_stats"]
+    md = [
+        f"# fgia serve load test ({name})", "",
+        f"{cfg.clients} concurrent clients on loopback for {cfg.duration_s:g} s, POST /search top_k={cfg.top_k}, "
+        f"pipeline={cfg.pipeline}, query_expansion={cfg.query_expansion}; {cfg.queries} distinct query images "
+        f"taken from the database. Server: index of {s.get('index_size', '?')} images, model {s.get('model', '?')}, "
+        f"device {s.get('device', cfg.device)}, batching max_batch={s.get('batching', {}).get('max_batch', '?')}. "
+        f"Machine: {machine['cpus']} CPUs, {machine['platform']} (clients share the machine with the server).", "",
+        "| requests | errors | req/s | p50 ms | p90 ms | p99 ms | p99/p50 |", "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {result['requests']} | {result['errors']} | {result['requests_per_s']} | {result['p50_ms']} | "
+        f"{result['p90_ms']} | {result['p99_ms']} | {result['p99_over_p50']} |", "",
+        f"Targets: zero errors ({'met' if result['errors'] == 0 else 'MISSED'}); p99 under 4x p50 "
+        f"({'met' if result['p99_over_p50'] is not None and result['p99_over_p50'] < 4 else 'MISSED'}).", "",
+    ]
+    md_path.write_text("\n".join(md))
+    return json_path, md_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("index_dir", nargs="?", type=Path, help="index to serve (omit with --url)")
+    parser.add_argument("--url", help="load an already running server instead of starting one")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--pipeline", default="c2f")
+    parser.add_argument("--query-expansion", action="store_true")
+    parser.add_argument("--queries", type=int, default=8)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batching", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--name", default="serve_load", help="results file stem under benchmarks/results/")
+    args = parser.parse_args(argv)
+    if (args.index_dir is None) == (args.url is None):
+        parser.error("give either INDEX_DIR or --url")
+    if args.clients < 1 or args.duration <= 0:
+        parser.error("--clients must be >= 1 and --duration > 0")
+    cfg = LoadConfig(clients=args.clients, duration_s=args.duration, top_k=args.top_k, pipeline=args.pipeline,
+                     query_expansion=args.query_expansion, queries=args.queries, device=args.device,
+                     batching=args.batching)
+    if args.url:
+        result = asyncio.run(run_load(args.url.rstrip("/"), cfg))
+    else:
+        with serve(args.index_dir, cfg) as url:
+            result = asyncio.run(run_load(url, cfg))
+    paths = write_report(result, cfg, args.name)
+    print(json.dumps({k: v for k, v in result.items() if k != "server_stats"}, indent=2))
+    print("wrote", *paths)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Data layer: samples, dataset readers, robust image loading, transforms, torch loading, protocols, inspection."""
+
+from fgia.data.images import ImageLoadError, check_images, load_image
+from fgia.data.inspect import DatasetReport, inspect_dataset, inspect_path
+from fgia.data.protocols import (
+    OsfgirConfig,
+    OsfgirSplit,
+    build_osfgir_split,
+    official_split,
+    read_shared_composite,
+    zero_shot_split,
+)
+from fgia.data.readers import DatasetError, detect_format, list_formats, read_dataset, write_manifest
+from fgia.data.samples import BBox, FineGrainedDataset, Sample
+from fgia.data.torch_dataset import ImageDataset, SkippingLoader, make_loader
+from fgia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, TransformConfig, build_transform
+
+__all__ = [
+    "BBox",
+    "DatasetError",
+    "DatasetReport",
+    "FineGrainedDataset",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageDataset",
+    "ImageLoadError",
+    "LITE_MEAN",
+    "LITE_STD",
+    "OsfgirConfig",
+    "OsfgirSplit",
+    "Sample",
+    "SkippingLoader",
+    "TransformConfig",
+    "build_osfgir_split",
+    "build_transform",
+    "check_images",
+    "detect_format",
+    "inspect_dataset",
+    "inspect_path",
+    "list_formats",
+    "load_image",
+    "make_loader",
+    "official_split",
+    "read_dataset",
+    "read_shared_composite",
+    "write_manifest",
+    "zero_shot_split",
+]

@@ -1,0 +1,90 @@
+"""Dataset readers for the layouts fine-grained datasets ship in, with auto-detection.
+
+    ds = read_dataset("data/CUB_200_2011")            # format detected
+    ds = read_dataset("data/aircraft", "fgvc_aircraft", level="family", category="aircraft")
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import replace
+from pathlib import Path
+
+# Importing the format modules registers them; detection tries them in this order (most specific first,
+# the class-per-folder fallback last).
+from fgia.data.readers import (  # noqa: F401
+    aircraft,
+    cub,
+    flowers102,
+    food101,
+    inat,
+    manifest,
+    stanford_cars,
+    stanford_dogs,
+)
+from fgia.data.readers import folder  # noqa: F401  (must register last)
+from fgia.data.readers.base import READERS, DatasetError, unwrap
+from fgia.data.readers.manifest import write_manifest
+from fgia.data.samples import FineGrainedDataset
+
+__all__ = ["DatasetError", "detect_format", "list_formats", "read_dataset", "write_manifest"]
+
+
+def list_formats() -> list[tuple[str, str]]:
+    """(name, description) of every supported layout, in detection order."""
+    return [(r.name, r.description) for r in READERS.values()]
+
+
+def _check_root(root: str | os.PathLike) -> Path:
+    path = Path(root).expanduser().absolute()
+    if not path.exists():
+        raise DatasetError(f"no such file or folder: {path}")
+    if path.is_dir() and not any(path.iterdir()):
+        raise DatasetError(f"empty folder: {path}")
+    return path
+
+
+def detect_format(root: str | os.PathLike) -> tuple[str, Path]:
+    """The layout name and the folder (or manifest file) it was found in; DatasetError when none matches."""
+    path = _check_root(root)
+    for reader in READERS.values():
+        try:
+            found = reader.detect(path)
+        except OSError as e:
+            raise DatasetError(f"cannot read {path}: {e}") from None
+        if found is not None:
+            return reader.name, found
+    raise DatasetError(f"unknown dataset layout in {path} (supported: {', '.join(READERS)})")
+
+
+def read_dataset(
+    root: str | os.PathLike, fmt: str = "auto", category: str | None = None, **options
+) -> FineGrainedDataset:
+    """Read the dataset at `root` (`fmt` = a name from `list_formats()` or "auto").
+
+    `category` tags every sample with a meta-category ("birds", "cars", ...); `options` go to the reader
+    (e.g. `level="family"` for fgvc_aircraft).
+    """
+    if fmt == "auto":
+        fmt, found = detect_format(root)
+    else:
+        if fmt not in READERS:
+            raise DatasetError(f"unknown dataset format {fmt!r} (supported: {', '.join(READERS)})")
+        path = _check_root(root)
+        # a layout that is not detected is still read, so the error names the missing annotation file
+        found = READERS[fmt].detect(path) or unwrap(path)
+    read = READERS[fmt].read
+    try:
+        inspect.signature(read).bind(found, **options)
+    except TypeError as e:
+        raise DatasetError(f"bad option for the {fmt} reader: {e}") from None
+    try:
+        ds = read(found, **options)
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"cannot read {fmt} dataset at {found}: {e}") from None
+    if not ds.samples:
+        raise DatasetError(f"no images listed in the {fmt} dataset at {found}")
+    if category is not None:
+        ds.samples = [replace(s, category=category) for s in ds.samples]
+    return ds

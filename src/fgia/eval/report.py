@@ -1,0 +1,190 @@
+"""OSFGIR report: the paper-shaped tables as data, rendered to the console (rich), Markdown, JSON and HTML.
+
+Tables (numbering follows the paper):
+- Table 4: 3-way coarse classifier accuracy against PCA dimension of the coarse feature.
+- Table 5: mAP of each retrieval pipeline, per meta-category and over all queries.
+- Table 6: per-stage query time in ms (mean, p50, p90).
+- Table 7: the effect of query expansion on the full coarse-to-fine pipeline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from fgia.runtime import atomic_write_text
+
+QE_ROWS = ("C-to-F full", "C-to-F full + QE")
+STAGES = ("coarse_feature", "coarse_search", "classifier", "fine_feature", "fine_search", "total")
+
+
+@dataclass
+class Hit:
+    """One retrieved database image as shown in the HTML report."""
+
+    path: str
+    distance: float
+    correct: bool
+
+
+@dataclass
+class QueryExample:
+    """A query and its top hits (Figure 7 of the paper)."""
+
+    path: str
+    label: str
+    category: str
+    predicted_category: str
+    hits: list[Hit]
+
+
+@dataclass
+class OsfgirReport:
+    """Everything one OSFGIR run measured, plus what it ran with (config, seed, split sizes, versions).
+
+    map_rows:   pipeline -> {meta-category or "all" -> mAP}.
+    classifier: PCA dimension (as text; "full" for no PCA) -> coarse classifier accuracy on the queries.
+    timings_ms: stage -> {"mean", "p50", "p90"} over single-query searches.
+    """
+
+    config: dict[str, Any]
+    seed: int
+    split: dict[str, Any]
+    versions: dict[str, str]
+    map_rows: dict[str, dict[str, float]]
+    classifier: dict[str, float]
+    timings_ms: dict[str, dict[str, float]]
+    examples: list[QueryExample] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def to_json(self) -> str:
+        """The whole report as JSON text."""
+        return json.dumps(asdict(self), indent=2)
+
+
+Grid = tuple[str, list[str], list[list[str]]]  # title, header, rows
+
+
+def tables(report: OsfgirReport) -> list[Grid]:
+    """The report's tables as plain text grids, shared by every renderer."""
+    columns = sorted({c for row in report.map_rows.values() for c in row} - {"all"}) + ["all"]
+
+    def map_grid(title: str, names: list[str]) -> Grid:
+        rows = [[n] + [_num(report.map_rows[n].get(c)) for c in columns] for n in names]
+        return title, ["pipeline", *columns], rows
+
+    qe_names = [n for n in QE_ROWS if n in report.map_rows]
+    return [
+        map_grid("Table 5: retrieval mAP", [n for n in report.map_rows if n != QE_ROWS[1]]),
+        map_grid("Table 7: query expansion (mAP)", qe_names),
+        (
+            "Table 4: coarse classifier accuracy vs PCA dimension",
+            ["dimension", "accuracy"],
+            [[d, _num(a)] for d, a in report.classifier.items()],
+        ),
+        (
+            "Table 6: time per query (ms)",
+            ["stage", "mean", "p50", "p90"],
+            [[s] + [_num(t.get(q), 2) for q in ("mean", "p50", "p90")] for s, t in report.timings_ms.items()],
+        ),
+    ]
+
+
+def print_report(report: OsfgirReport, console: Console | None = None) -> None:
+    """Print the tables with rich."""
+    console = console or Console()
+    for title, header, rows in tables(report):
+        table = RichTable(title=title)
+        for i, h in enumerate(header):
+            table.add_column(h, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    console.print(f"split: {report.split}  seed: {report.seed}  elapsed: {report.elapsed_s:.1f} s")
+
+
+def to_markdown(report: OsfgirReport) -> str:
+    """The tables, split, seed, versions and config as a Markdown document."""
+    parts = ["# OSFGIR report", ""]
+    for title, header, rows in tables(report):
+        parts += [f"## {title}", "", _md_row(header), _md_row(["---"] * len(header))]
+        parts += [_md_row(r) for r in rows] + [""]
+    parts += ["## Run", "", f"- seed: {report.seed}", f"- elapsed: {report.elapsed_s:.1f} s"]
+    parts += [f"- split {k}: {v}" for k, v in report.split.items()]
+    parts += [f"- {k} {v}" for k, v in report.versions.items()]
+    parts += ["", "## Config", "", "```json", json.dumps(report.config, indent=2), "```", ""]
+    return "\n".join(parts)
+
+
+def to_html(report: OsfgirReport, thumb: int = 96) -> str:
+    """A self-contained page: the tables and the example queries with their hits (green right, red wrong).
+
+    Images are embedded as base64 JPEG thumbnails so the page opens offline and keeps working when the
+    data folder moves.
+    """
+    body = ["<h1>OSFGIR report</h1>"]
+    for title, header, rows in tables(report):
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        body.append(f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{cells}</table>")
+    body.append("<h2>Example queries</h2>")
+    for ex in report.examples:
+        hits = "".join(
+            f'<figure class="{"right" if h.correct else "wrong"}">{_img(h.path, thumb)}'
+            f"<figcaption>{h.distance:.3f}</figcaption></figure>"
+            for h in ex.hits
+        )
+        caption = f"{ex.label} ({ex.category}; routed to {ex.predicted_category})"
+        body.append(
+            f'<div class="query"><figure class="q">{_img(ex.path, thumb)}'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>{hits}</div>"
+        )
+    style = (
+        "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1em}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
+        ".query{display:flex;flex-wrap:wrap;gap:4px;margin:8px 0}figure{margin:0;text-align:center;"
+        "font-size:11px}img{display:block}.q img{border:4px solid #333}.right img{border:4px solid #2a2}"
+        ".wrong img{border:4px solid #d22}"
+    )
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>fgia OSFGIR report</title>'
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
+
+
+def write_report(report: OsfgirReport, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write report.md, report.json and report.html into `out_dir` (atomically); return their paths."""
+    out = Path(out_dir)
+    paths = {"markdown": out / "report.md", "json": out / "report.json", "html": out / "report.html"}
+    atomic_write_text(paths["markdown"], to_markdown(report))
+    atomic_write_text(paths["json"], report.to_json())
+    atomic_write_text(paths["html"], to_html(report))
+    return paths
+
+
+def _img(path: str, size: int) -> str:
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((size, size))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=80)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(Path(path).name)}">'
+
+
+def _num(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"

@@ -1,0 +1,212 @@
+"""Batched feature extraction: whole-image features and discriminative-region features.
+
+Each batch runs the model once; the predicted class's confidence map gives the region box
+(`fgia.features.regions`), the region is cropped from the batch tensor on the device with `roi_align` (no
+re-reading of files) and featurised again. Images are resized to size x size without cropping, so the whole
+image is seen and a box maps back to the original pixels exactly. Unreadable images are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+from rich.progress import track
+from torch import Tensor
+from torchvision.ops import roi_align
+
+from fgia.data.images import ORIGINAL_SIZE_KEY
+from fgia.data.samples import Sample
+from fgia.data.torch_dataset import make_loader
+from fgia.data.transforms import build_transform
+from fgia.features.regions import region_boxes, scale_boxes
+from fgia.runtime import pick_device
+
+
+@dataclass
+class FeatureSet:
+    """Features of the readable images, in sample order.
+
+    image: (N, D) whole-image embeddings; region: (N, D) region embeddings (None without regions);
+    boxes: (N, 4) region boxes x1, y1, x2, y2 in original image pixels (None without regions);
+    predicted: (N,) predicted class (-1 for models without logits); index: (N,) positions in the input
+    samples; skipped: how many images could not be read; maps: (N, h, w) confidence maps of the predicted
+    class when asked for.
+    """
+
+    image: np.ndarray
+    region: np.ndarray | None
+    boxes: np.ndarray | None
+    predicted: np.ndarray
+    index: np.ndarray
+    skipped: int = 0
+    maps: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+@dataclass
+class BatchFeatures:
+    """What `featurize_batch` returns for one batch (tensors on the model's device, boxes as map fractions)."""
+
+    image: Tensor
+    predicted: Tensor
+    region: Tensor | None = None
+    boxes: np.ndarray | None = None
+    maps: Tensor | None = None
+
+
+class _WithOriginalSize:
+    """Eval transform that also returns the image's original (width, height), for mapping boxes back."""
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Image.Image) -> tuple[Tensor, Tensor]:
+        return self.transform(image), torch.tensor(image.info.get(ORIGINAL_SIZE_KEY, image.size))
+
+
+def prepare_model(model: nn.Module, device: str | torch.device = "auto") -> nn.Module:
+    """Put `model` in eval mode, channels_last, on `device` ("auto": the GPU when there is one); in place."""
+    return model.to(pick_device(str(device)), memory_format=torch.channels_last).eval()
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def featurize_batch(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    regions: bool = True,
+    threshold: float = 0.5,
+    min_area: float = 0.02,
+    keep_maps: bool = False,
+) -> BatchFeatures:
+    """Embeddings of a normalised (B, 3, H, W) batch on the model's device, plus its region embeddings/boxes."""
+    with _autocast(images.device):
+        out = model(images)
+    if out.embedding is None:
+        raise ValueError(f"{type(model).__name__} returns no embedding; it cannot be used for feature extraction")
+    batch = len(images)
+    predicted = (
+        out.logits.argmax(1) if out.logits is not None else torch.full((batch,), -1, device=images.device)
+    )
+    result = BatchFeatures(image=out.embedding.float(), predicted=predicted)
+    if not (regions or keep_maps):
+        return result
+    if out.maps is None or out.logits is None:
+        raise ValueError(f"{type(model).__name__} gives no class-confidence maps; extract with regions=False")
+    maps = out.maps[torch.arange(batch, device=images.device), predicted].float()
+    result.maps = maps if keep_maps else None
+    if regions:
+        result.boxes = region_boxes(maps, threshold, min_area)
+        height, width = images.shape[-2:]
+        pixels = scale_boxes(result.boxes, np.full(batch, width), np.full(batch, height))
+        rois = torch.cat([torch.arange(batch, dtype=torch.float32)[:, None], torch.from_numpy(pixels)], 1)
+        crops = roi_align(images, rois.to(images.device, images.dtype), (height, width), 1.0, 2, aligned=True)
+        with _autocast(images.device):
+            result.region = model(crops.contiguous(memory_format=torch.channels_last)).embedding.float()
+    return result
+
+
+def extract_features(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    *,
+    image_size: int = 224,
+    regions: bool = True,
+    threshold: float = 0.5,
+    min_area: float = 0.02,
+    batch_size: int = 32,
+    workers: int = 2,
+    device: str = "auto",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    keep_maps: bool = False,
+    progress: bool = False,
+) -> FeatureSet:
+    """Whole-image (and region) features of `samples` with a DataLoader; mean/std default to the model's.
+
+    The model is moved to the device and put in eval mode (in place). Unreadable images are skipped and counted
+    in `FeatureSet.skipped`; `FeatureSet.index` says which samples the rows belong to.
+    """
+    if len(samples) == 0:
+        raise ValueError("no samples to extract features from")
+    model = prepare_model(model, device)
+    dev = next(model.parameters()).device
+    transform = _WithOriginalSize(_eval_transform(model, image_size, mean, std))
+    loader = make_loader(samples, transform, batch_size, workers=workers)
+    parts: list[tuple[BatchFeatures, Tensor, Tensor]] = []
+    batches = track(loader, description="extracting features") if progress else loader
+    for (images, sizes), _, indices in batches:
+        images = images.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        feats = featurize_batch(
+            model, images, regions=regions, threshold=threshold, min_area=min_area, keep_maps=keep_maps
+        )
+        parts.append((feats, sizes, indices))
+    return _collect(parts, model, regions, keep_maps, skipped=len(loader.skipped))
+
+
+def extract_from_images(
+    model: nn.Module,
+    images: Sequence[Image.Image],
+    *,
+    image_size: int = 224,
+    regions: bool = True,
+    threshold: float = 0.5,
+    min_area: float = 0.02,
+    device: str = "auto",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    keep_maps: bool = True,
+) -> FeatureSet:
+    """The same features for in-memory PIL images (e.g. a query upload), processed exactly like a dataset."""
+    if len(images) == 0:
+        raise ValueError("no images to extract features from")
+    model = prepare_model(model, device)
+    dev = next(model.parameters()).device
+    transform = _WithOriginalSize(_eval_transform(model, image_size, mean, std))
+    tensors, sizes = zip(*(transform(image.convert("RGB")) for image in images))
+    batch = torch.stack(tensors).to(dev).contiguous(memory_format=torch.channels_last)
+    feats = featurize_batch(model, batch, regions=regions, threshold=threshold, min_area=min_area, keep_maps=keep_maps)
+    return _collect([(feats, torch.stack(sizes), torch.arange(len(images)))], model, regions, keep_maps, skipped=0)
+
+
+def _eval_transform(model: nn.Module, size: int, mean: Sequence[float] | None, std: Sequence[float] | None):
+    mean = tuple(mean if mean is not None else getattr(model, "mean"))
+    std = tuple(std if std is not None else getattr(model, "std"))
+    return build_transform(False, size, mean, std, crop_pct=None)
+
+
+def _collect(
+    parts: list[tuple[BatchFeatures, Tensor, Tensor]], model: nn.Module, regions: bool, keep_maps: bool, skipped: int
+) -> FeatureSet:
+    def cat(arrays: list[np.ndarray], empty_shape: tuple[int, ...], dtype) -> np.ndarray:
+        return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(empty_shape, dtype)
+
+    dim = getattr(model, "embedding_dim", 0)
+    boxes = None
+    if regions:
+        boxes = cat(
+            [scale_boxes(f.boxes, s[:, 0].numpy(), s[:, 1].numpy()) for f, s, _ in parts], (0, 4), np.float32
+        )
+    return FeatureSet(
+        image=cat([f.image.cpu().numpy() for f, _, _ in parts], (0, dim), np.float32),
+        region=cat([f.region.cpu().numpy() for f, _, _ in parts], (0, dim), np.float32) if regions else None,
+        boxes=boxes,
+        predicted=cat([f.predicted.cpu().numpy() for f, _, _ in parts], (0,), np.int64),
+        index=cat([i.numpy() for _, _, i in parts], (0,), np.int64),
+        skipped=skipped,
+        maps=cat([f.maps.cpu().numpy() for f, _, _ in parts], (0, 0, 0), np.float32) if keep_maps else None,
+    )

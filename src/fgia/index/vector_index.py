@@ -1,0 +1,303 @@
+"""One small vector-index interface (train / add / search / save / load / len) over FAISS factory strings.
+
+* "Flat" (default): exact squared-L2 search; faiss `IndexFlatL2` on CPU, torch matmul + top-k on CUDA.
+* "IVF4096,PQ32,RFlat": inverted lists + product quantisation, candidates re-ranked exactly (`IndexRefineFlat`);
+  search-time knobs via FAISS parameter strings, e.g. `search_params="nprobe=64,k_factor_rf=4"`.
+* "HNSW32": graph index (`efSearch=128`).
+* "BFlat" (and other "B..." binary factories): Hamming search over bit codes; float vectors are binarised by
+  sign, uint8 arrays are taken as packed codes. Distances are Hamming distances.
+
+Ids are insertion positions (0..len-1); searches return -1 ids (and inf distances) where fewer than k exist.
+A saved index is one file: a magic tag, a JSON header (dim, config, kind) and the FAISS or raw-vector payload.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+import faiss
+import numpy as np
+
+from fgia.config import from_dict, to_dict
+from fgia.index.torch_flat import TorchFlatIndex
+from fgia.runtime import atomic_path, pick_device
+
+_MAGIC = b"FGIAIDX1"
+
+
+class IndexMismatchError(ValueError):
+    """An index or feature store does not match what the caller expects (model, PCA, dimensions...)."""
+
+
+@dataclass
+class IndexConfig:
+    """How to build a vector index. `backend` "auto" uses torch for "Flat" on CUDA and faiss otherwise."""
+
+    factory: str = "Flat"
+    search_params: str = ""
+    device: str = "auto"
+    backend: str = "auto"
+    fp16: bool = False
+
+
+def _check_k(k: int) -> int:
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+class VectorIndex:
+    """Base of every index kind; create one with `create_index` or `VectorIndex.load`."""
+
+    kind: ClassVar[str]
+    _kinds: ClassVar[dict[str, type[VectorIndex]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:  # concrete kinds only; shared bases declare none
+            VectorIndex._kinds[cls.kind] = cls
+
+    def __init__(self, dim: int, config: IndexConfig) -> None:
+        if int(dim) != dim or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self.dim = int(dim)
+        self.config = config
+
+    @property
+    def factory(self) -> str:
+        return self.config.factory
+
+    @property
+    def is_trained(self) -> bool:
+        return True
+
+    def train(self, x: np.ndarray) -> None:
+        """Learn the index's quantisers from representative vectors; a no-op when already trained."""
+
+    def add(self, x: np.ndarray) -> None:
+        """Append vectors (n, dim); their ids continue from len(self)."""
+        if not self.is_trained:
+            raise ValueError(f"index {self.factory!r} must be trained first: call train(x) with representative vectors")
+        self._add(self._vectors(x, "vectors"))
+
+    def search(self, queries: np.ndarray, k: int, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest stored vectors per query: (distances float32 (nq, k), ids int64 (nq, k), -1 padded)."""
+        k = _check_k(k)
+        q = self._vectors(queries, "queries")
+        if not self.is_trained:
+            raise ValueError(f"index {self.factory!r} is not trained: nothing to search")
+        return self._search(q, k, batch_size)
+
+    def set_search_params(self, params: str) -> None:
+        """Change search-time parameters (FAISS syntax, e.g. "nprobe=32,k_factor_rf=4")."""
+        if params:
+            raise ValueError(f"index {self.factory!r} takes no search parameters, got {params!r}")
+        self.config = replace(self.config, search_params=params)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        """Write the index to one file atomically (temp file, then rename over `path`)."""
+        header = json.dumps({"kind": self.kind, "dim": self.dim, "config": to_dict(self.config)}).encode()
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            f.write(_MAGIC + struct.pack("<Q", len(header)) + header)
+            self._write_payload(f)
+
+    @staticmethod
+    def load(path: str | Path, device: str | None = None, expected_dim: int | None = None) -> VectorIndex:
+        """Read an index written by `save`; `device` overrides the saved one, `expected_dim` is checked."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no index file at {path}")
+        with open(path, "rb") as f:
+            if f.read(len(_MAGIC)) != _MAGIC:
+                raise ValueError(f"{path} is not an fgia index file (bad magic tag)")
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+            if expected_dim is not None and header["dim"] != expected_dim:
+                raise IndexMismatchError(
+                    f"index {path} holds {header['dim']}-d vectors but {expected_dim}-d ones were expected "
+                    "(features from a different model or PCA?)"
+                )
+            config = from_dict(IndexConfig, header["config"])
+            if device is not None:
+                config = replace(config, device=device)
+            return VectorIndex._kinds[header["kind"]]._read_payload(header["dim"], config, f)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dim={self.dim}, factory={self.factory!r}, n={len(self)})"
+
+    # Hooks for each kind.
+    def _vectors(self, x: Any, what: str) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.dim or not np.issubdtype(x.dtype, np.number):
+            raise ValueError(f"{what} must be a numeric (n, {self.dim}) array, got {x.dtype} {x.shape}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise ValueError(f"{what} contain NaN or infinite values")
+        return x
+
+    def _add(self, x: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _search(self, q: np.ndarray, k: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _write_payload(self, f: IO[bytes]) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def _read_payload(cls, dim: int, config: IndexConfig, f: IO[bytes]) -> VectorIndex:
+        raise NotImplementedError
+
+
+class _FaissBacked(VectorIndex):
+    """Shared FAISS plumbing: batched search, -1/inf padding, (de)serialisation through callbacks."""
+
+    _write_index: ClassVar[Any]
+    _read_index: ClassVar[Any]
+
+    def __init__(self, dim: int, config: IndexConfig, index: Any) -> None:
+        super().__init__(dim, config)
+        self.index = index
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def train(self, x: np.ndarray) -> None:
+        if self.is_trained:
+            return
+        x = self._vectors(x, "training vectors")
+        try:
+            self.index.train(x)
+        except RuntimeError as e:
+            raise ValueError(f"training {self.factory!r} on {len(x)} vectors failed: {e}") from None
+
+    def _add(self, x: np.ndarray) -> None:
+        self.index.add(x)
+
+    def _search(self, q: np.ndarray, k: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        distances = np.empty((len(q), k), dtype=np.float32)
+        ids = np.empty((len(q), k), dtype=np.int64)
+        for start in range(0, len(q), max(1, batch_size)):
+            d, i = self.index.search(q[start : start + batch_size], k)
+            distances[start : start + len(d)] = d
+            ids[start : start + len(i)] = i
+        distances[ids < 0] = np.inf
+        return distances, ids
+
+    def _write_payload(self, f: IO[bytes]) -> None:
+        type(self)._write_index(self.index, faiss.PyCallbackIOWriter(f.write))
+
+    @classmethod
+    def _read_payload(cls, dim: int, config: IndexConfig, f: IO[bytes]) -> VectorIndex:
+        index = cls(dim, config, cls._read_index(faiss.PyCallbackIOReader(f.read)))
+        index.set_search_params(config.search_params)
+        return index
+
+
+class FaissIndex(_FaissBacked):
+    """Float vectors in a FAISS index built from a factory string (squared-L2 metric)."""
+
+    kind = "faiss"
+    _write_index = staticmethod(faiss.write_index)
+    _read_index = staticmethod(faiss.read_index)
+
+    def set_search_params(self, params: str) -> None:
+        if params:
+            try:
+                faiss.ParameterSpace().set_index_parameters(self.index, params)
+            except RuntimeError as e:
+                raise ValueError(f"invalid search parameters {params!r} for {self.factory!r}: {e}") from None
+        self.config = replace(self.config, search_params=params)
+
+
+class BinaryIndex(_FaissBacked):
+    """Bit codes in a FAISS binary index ("BFlat", ...); `dim` counts bits and distances are Hamming."""
+
+    kind = "binary"
+    _write_index = staticmethod(faiss.write_index_binary)
+    _read_index = staticmethod(faiss.read_index_binary)
+
+    def _vectors(self, x: Any, what: str) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim == 2 and x.dtype == np.uint8 and x.shape[1] == self.dim // 8:
+            return np.ascontiguousarray(x)
+        if x.ndim == 2 and np.issubdtype(x.dtype, np.floating) and x.shape[1] == self.dim:
+            return np.packbits(x > 0, axis=1)
+        raise ValueError(
+            f"{what} for a {self.dim}-bit binary index must be float (n, {self.dim}) vectors (binarised by sign) "
+            f"or uint8 (n, {self.dim // 8}) packed codes, got {x.dtype} {x.shape}"
+        )
+
+
+class TorchIndex(VectorIndex):
+    """Exact "Flat" search with torch (the GPU path; also runs on CPU)."""
+
+    kind = "torch"
+
+    def __init__(self, dim: int, config: IndexConfig) -> None:
+        super().__init__(dim, config)
+        self.flat = TorchFlatIndex(dim, pick_device(config.device), fp16=config.fp16)
+
+    def __len__(self) -> int:
+        return self.flat.ntotal
+
+    def _add(self, x: np.ndarray) -> None:
+        self.flat.add(x)
+
+    def _search(self, q: np.ndarray, k: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.flat.search(q, k, batch_size)
+
+    def _write_payload(self, f: IO[bytes]) -> None:
+        np.save(f, self.flat.vectors(), allow_pickle=False)
+
+    @classmethod
+    def _read_payload(cls, dim: int, config: IndexConfig, f: IO[bytes]) -> VectorIndex:
+        index = cls(dim, config)
+        index.flat.add(np.load(f, allow_pickle=False))
+        return index
+
+
+def create_index(
+    dim: int,
+    factory: str = "Flat",
+    device: str = "auto",
+    *,
+    search_params: str = "",
+    backend: str = "auto",
+    fp16: bool = False,
+) -> VectorIndex:
+    """Build an empty index for `dim`-d vectors (bits for binary factories) from a FAISS factory string."""
+    config = IndexConfig(factory=factory, search_params=search_params, device=device, backend=backend, fp16=fp16)
+    if backend not in ("auto", "faiss", "torch"):
+        raise ValueError(f"backend must be 'auto', 'faiss' or 'torch', got {backend!r}")
+    use_torch = backend == "torch" or (backend == "auto" and factory == "Flat" and pick_device(device).type == "cuda")
+    if use_torch:
+        if factory != "Flat":
+            raise ValueError(f"the torch backend does exact search only (factory 'Flat'), got {factory!r}")
+        index: VectorIndex = TorchIndex(dim, config)
+    elif factory.startswith("B"):
+        if dim % 8:
+            raise ValueError(f"binary indexes need a number of bits divisible by 8, got dim={dim}")
+        index = BinaryIndex(dim, config, _build(faiss.index_binary_factory, dim, factory))
+    else:
+        index = FaissIndex(dim, config, _build(faiss.index_factory, dim, factory))
+    index.set_search_params(search_params)
+    return index
+
+
+def _build(make: Any, dim: int, factory: str) -> Any:
+    try:
+        return make(int(dim), factory)
+    except RuntimeError as e:
+        raise ValueError(f"invalid FAISS factory string {factory!r} for dim {dim}: {e}") from None

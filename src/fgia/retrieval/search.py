@@ -1,0 +1,191 @@
+"""Array-level retrieval: exact k-NN, coarse-to-fine re-ranking and average query expansion.
+
+Everything here works on float32 NumPy matrices (one row per image) and returns a `Ranking`; distances are
+Euclidean (not squared). Candidate lists may be padded with -1 (an index returning fewer than K hits);
+padding never appears in a result.
+
+Query expansion (the paper's "average the top-5 and search again") is *average query expansion* with the
+query included: q' = mean(q, f_1, ..., f_n) over the fine features of the n best hits, and q' is searched
+again within the same coarse candidate set. Keeping the candidate set means QE costs one more re-rank of K
+vectors, not a second full-database search, and the coarse stage stays the only one that sees the whole
+database; including q keeps the expanded query anchored when some of the top-n are wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+FineDatabase = np.ndarray | Sequence[np.ndarray]
+"""One (n, d) matrix, or one per routing model (each (n, d), row i = database image i)."""
+
+
+@dataclass
+class Ranking:
+    """Ranked hits per query: `ids` (Q, k) int64 database rows, `distances` (Q, k) float32, ascending.
+
+    Rows shorter than k (fewer candidates than asked) are padded with id -1 and distance +inf.
+    """
+
+    ids: np.ndarray
+    distances: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Hits of query `i` without padding."""
+        keep = self.ids[i] >= 0
+        return self.ids[i][keep], self.distances[i][keep]
+
+
+def as_matrix(x: np.ndarray, name: str, dim: int | None = None, check_finite: bool = True) -> np.ndarray:
+    """`x` as a C-contiguous float32 (n, d) matrix; a clear error for the wrong shape or non-finite values.
+
+    Databases are checked once when built or loaded, so the per-query path passes `check_finite=False`.
+    """
+    arr = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (n, d) matrix, got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{name} has dimension {arr.shape[1]}, expected {dim}")
+    if check_finite and not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def knn(queries: np.ndarray, database: np.ndarray, k: int) -> Ranking:
+    """Exact Euclidean k nearest neighbours of each query in `database` (single-stage search)."""
+    db = as_matrix(database, "database", check_finite=False)
+    q = as_matrix(queries, "queries", db.shape[1])
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if len(db) == 0:
+        raise ValueError("cannot search an empty database")
+    kk = min(k, len(db))
+    sq, ids = faiss.knn(q, db, kk)
+    return _pad(ids.astype(np.int64), np.sqrt(np.maximum(sq, 0)).astype(np.float32), k)
+
+
+def rerank(
+    queries: np.ndarray,
+    database: FineDatabase,
+    candidates: np.ndarray,
+    routes: np.ndarray | None = None,
+    k: int | None = None,
+) -> Ranking:
+    """Re-rank each query's `candidates` (Q, K) row ids by Euclidean distance on the fine features.
+
+    With one (n, d) `database`, every query uses it; with a sequence of them, query i uses
+    `database[routes[i]]` (the category-specific model the coarse classifier picked). Ties keep the
+    candidate order. Returns the best `k` (default: all K) per query.
+    """
+    cand = np.asarray(candidates, dtype=np.int64)
+    if cand.ndim != 2 or len(cand) != len(queries):
+        raise ValueError(f"candidates must be (Q, K) with Q={len(queries)}, got shape {cand.shape}")
+    dbs = _databases(database, routes, len(cand))
+    q = as_matrix(queries, "queries", dbs[0].shape[1])
+    n = len(dbs[0])
+    if cand.max(initial=-1) >= n:
+        raise ValueError(f"candidate id {int(cand.max())} is outside the database of {n} rows")
+    route = np.zeros(len(q), dtype=np.int64) if routes is None else np.asarray(routes, dtype=np.int64)
+    dist = np.full(cand.shape, np.inf, dtype=np.float32)
+    valid = cand >= 0
+    for m, db in enumerate(dbs):
+        rows = np.flatnonzero(route == m)
+        if len(rows) == 0:
+            continue
+        c = np.where(valid[rows], cand[rows], 0)
+        diff = db[c] - q[rows, None, :]
+        dist[rows] = np.where(valid[rows], np.sqrt(np.einsum("qkd,qkd->qk", diff, diff)), np.inf)
+    order = np.argsort(dist, axis=1, kind="stable")
+    ids = np.take_along_axis(np.where(valid, cand, -1), order, axis=1)
+    out = Ranking(ids=ids, distances=np.take_along_axis(dist, order, axis=1))
+    return out if k is None else _pad(out.ids[:, :k], out.distances[:, :k], k)
+
+
+def expand_queries(
+    queries: np.ndarray,
+    database: FineDatabase,
+    ranking: Ranking,
+    top: int = 5,
+    routes: np.ndarray | None = None,
+) -> np.ndarray:
+    """Average query expansion: mean of each query and the fine features of its `top` best hits."""
+    if top < 1:
+        raise ValueError(f"query expansion needs top >= 1, got {top}")
+    dbs = _databases(database, routes, len(ranking))
+    q = as_matrix(queries, "queries", dbs[0].shape[1])
+    route = np.zeros(len(q), dtype=np.int64) if routes is None else np.asarray(routes, dtype=np.int64)
+    expanded = q.copy()
+    for i in range(len(q)):
+        hits = ranking.ids[i, :top]
+        hits = hits[hits >= 0]
+        expanded[i] = (q[i] + dbs[route[i]][hits].sum(axis=0)) / (1 + len(hits))
+    return expanded
+
+
+def coarse_to_fine(
+    coarse_queries: np.ndarray,
+    coarse_database: np.ndarray,
+    fine_queries: np.ndarray,
+    fine_database: FineDatabase,
+    top_k: int,
+    routes: np.ndarray | None = None,
+    qe_top: int = 0,
+) -> Ranking:
+    """Coarse k-NN for the top-K candidates, then fine re-ranking (then QE within the same candidates).
+
+    `qe_top=0` disables query expansion. Returns K hits per query (fewer real hits when the database is
+    smaller, padded with -1).
+    """
+    candidates = knn(coarse_queries, coarse_database, top_k).ids
+    return fine_stage(fine_queries, fine_database, candidates, routes, qe_top)
+
+
+def fine_stage(
+    fine_queries: np.ndarray,
+    fine_database: FineDatabase,
+    candidates: np.ndarray,
+    routes: np.ndarray | None = None,
+    qe_top: int = 0,
+) -> Ranking:
+    """The fine half of coarse-to-fine: re-rank `candidates`, optionally expand and re-rank again."""
+    ranking = rerank(fine_queries, fine_database, candidates, routes)
+    if qe_top:
+        expanded = expand_queries(fine_queries, fine_database, ranking, qe_top, routes)
+        ranking = rerank(expanded, fine_database, candidates, routes)
+    return ranking
+
+
+def _databases(database: FineDatabase, routes: np.ndarray | None, n_queries: int) -> list[np.ndarray]:
+    if isinstance(database, np.ndarray) and database.ndim == 2:
+        if routes is not None and np.any(np.asarray(routes) != 0):
+            raise ValueError("routes given but only one fine database")
+        return [as_matrix(database, "fine database", check_finite=False)]
+    dbs = [as_matrix(db, f"fine database {m}", check_finite=False) for m, db in enumerate(database)]
+    if not dbs:
+        raise ValueError("no fine database given")
+    if any(db.shape != dbs[0].shape for db in dbs):
+        raise ValueError(f"fine databases differ in shape: {[db.shape for db in dbs]}")
+    if routes is None:
+        if len(dbs) > 1:
+            raise ValueError(f"{len(dbs)} fine databases given but no routes to choose between them")
+        return dbs
+    r = np.asarray(routes)
+    if r.shape != (n_queries,):
+        raise ValueError(f"routes must have one entry per query ({n_queries}), got shape {r.shape}")
+    if len(r) and (r.min() < 0 or r.max() >= len(dbs)):
+        raise ValueError(f"routes must lie in [0, {len(dbs)}), got {r.min()}..{r.max()}")
+    return dbs
+
+
+def _pad(ids: np.ndarray, distances: np.ndarray, k: int) -> Ranking:
+    short = k - ids.shape[1]
+    if short > 0:
+        ids = np.pad(ids, ((0, 0), (0, short)), constant_values=-1)
+        distances = np.pad(distances, ((0, 0), (0, short)), constant_values=np.inf)
+    return Ranking(ids=ids.astype(np.int64), distances=distances.astype(np.float32))

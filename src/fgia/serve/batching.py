@@ -1,0 +1,115 @@
+"""One worker that owns the engine: queries queue up and run one at a time, or in micro-batches on a GPU."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from fgia.serve.protocol import SearchEngine, SearchResultLike
+
+
+class QueueFull(RuntimeError):
+    """More queries are waiting than the service accepts."""
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    top_k: int
+    pipeline: str
+    query_expansion: bool
+
+
+@dataclass
+class _Job:
+    image: Image.Image
+    options: SearchOptions
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class SearchBatcher:
+    """Serialises engine calls on a single worker task, grouping up to `max_batch` queries with equal options.
+
+    The engine runs in a worker thread so the event loop keeps serving pages and images. With `max_batch=1` this
+    is a plain serial queue (CPU: the engine already uses every core); on a GPU, concurrent queries that arrive
+    within `max_wait_ms` of the first share one forward pass.
+    """
+
+    def __init__(self, engine: SearchEngine, max_batch: int = 1, max_wait_ms: float = 0.0, max_queue: int = 256):
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000.0
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
+        self._worker: asyncio.Task | None = None
+        self.batches = 0
+        self.batched_queries = 0
+
+    def start(self) -> None:
+        """Start the worker on the running event loop."""
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop the worker; queries still waiting get an error."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the search service is shutting down"))
+
+    async def search(self, image: Image.Image, options: SearchOptions) -> tuple[SearchResultLike, float]:
+        """Queue one query; returns its result and the milliseconds it waited before its batch started."""
+        self.start()
+        job = _Job(image, options, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise QueueFull(f"more than {self._queue.maxsize} queries waiting; try again shortly") from None
+        return await job.future
+
+    async def _collect(self) -> list[_Job]:
+        jobs = [await self._queue.get()]
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(jobs) < self.max_batch:
+            remaining = deadline - time.perf_counter()
+            try:
+                jobs.append(self._queue.get_nowait() if remaining <= 0 else
+                            await asyncio.wait_for(self._queue.get(), remaining))
+            except (asyncio.QueueEmpty, TimeoutError):
+                break
+        return jobs
+
+    async def _run(self) -> None:
+        while True:
+            jobs = [j for j in await self._collect() if not j.future.done()]  # skip clients that went away
+            groups: dict[SearchOptions, list[_Job]] = {}
+            for job in jobs:
+                groups.setdefault(job.options, []).append(job)
+            for options, group in groups.items():
+                await self._run_group(options, group)
+
+    async def _run_group(self, options: SearchOptions, group: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await asyncio.to_thread(
+                self.engine.search, [j.image for j in group], top_k=options.top_k, pipeline=options.pipeline,
+                query_expansion=options.query_expansion,
+            )
+            if len(results) != len(group):
+                raise RuntimeError(f"engine returned {len(results)} results for {len(group)} queries")
+        except Exception as exc:  # the error belongs to these queries only; the worker carries on
+            for job in group:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        self.batches += 1
+        self.batched_queries += len(group)
+        for job, result in zip(group, results):
+            if not job.future.done():
+                job.future.set_result((result, (started - job.queued_at) * 1000.0))

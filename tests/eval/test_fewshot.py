@@ -1,0 +1,65 @@
+"""Few-shot episodes: separable features score ~1, random ones ~1/N, the interval shrinks with episodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fgia.eval.fewshot import FewShotConfig, few_shot_episodes, few_shot_report
+
+
+def _clustered(classes: int = 10, per_class: int = 20, spread: float = 0.05, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, 16))
+    labels = np.repeat(np.arange(classes), per_class)
+    return centres[labels] + spread * rng.normal(size=(len(labels), 16)), labels
+
+
+def test_separable_features_are_classified_perfectly():
+    x, y = _clustered()
+    mean, ci = few_shot_episodes(x, y, n_way=5, k_shot=1, n_query=5, episodes=50)
+    assert mean == 1.0 and ci == 0.0
+
+
+def test_random_features_score_chance_within_the_interval():
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(10), 20)
+    mean, ci = few_shot_episodes(rng.normal(size=(200, 16)), y, n_way=5, k_shot=1, n_query=5, episodes=400)
+    assert abs(mean - 0.2) < max(2 * ci, 0.03) and 0 < ci < 0.03
+
+
+def test_more_shots_help_on_noisy_clusters():
+    x, y = _clustered(spread=1.2, seed=2)
+    one = few_shot_episodes(x, y, 5, 1, 5, 200, seed=3)[0]
+    five = few_shot_episodes(x, y, 5, 5, 5, 200, seed=3)[0]
+    assert 0.3 < one < five
+
+
+def test_ci95_matches_t_interval_by_hand():
+    x, y = _clustered(spread=1.5, seed=4)
+    mean, ci = few_shot_episodes(x, y, 3, 1, 2, episodes=30, seed=5)
+    assert 0 < ci < mean
+    # a larger run narrows the interval roughly as 1/sqrt(episodes)
+    _, ci_big = few_shot_episodes(x, y, 3, 1, 2, episodes=480, seed=5)
+    assert ci_big < ci / 2.5
+
+
+def test_unlabelled_ignored_and_bad_requests_rejected():
+    x, y = _clustered(classes=4, per_class=6)
+    y_with_distractors = np.concatenate([y, -np.ones(10, dtype=int)])
+    x_with_distractors = np.concatenate([x, np.zeros((10, 16))])
+    assert few_shot_episodes(x_with_distractors, y_with_distractors, 4, 1, 5, 10)[0] == 1.0
+    with pytest.raises(ValueError, match="only 4 have that many"):
+        few_shot_episodes(x, y, 5, 1, 5, 10)
+    with pytest.raises(ValueError, match="only 0 have"):
+        few_shot_episodes(x, y, 2, 5, 5, 10)
+    with pytest.raises(ValueError, match="one label each"):
+        few_shot_episodes(x, y[:-1])
+    with pytest.raises(ValueError, match="n_way >= 2"):
+        few_shot_episodes(x, y, n_way=1)
+
+
+def test_report_runs_each_shot():
+    x, y = _clustered()
+    report = few_shot_report(x, y, FewShotConfig(n_way=5, n_query=5, episodes=20))
+    assert list(report) == ["5-way 1-shot", "5-way 5-shot"] and all(m == 1.0 for m, _ in report.values())

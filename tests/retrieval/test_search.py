@@ -1,0 +1,81 @@
+"""Array-level search on hand-made vectors whose right answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fgia.retrieval.search import Ranking, coarse_to_fine, expand_queries, fine_stage, knn, rerank
+
+
+def test_knn_orders_by_euclidean_distance_and_pads():
+    db = np.array([[0, 0], [3, 4], [1, 0], [0, 2]], dtype=np.float32)
+    r = knn(np.array([[0, 0]], dtype=np.float32), db, k=6)
+    assert r.ids[0].tolist() == [0, 2, 3, 1, -1, -1]
+    np.testing.assert_allclose(r.distances[0, :4], [0, 1, 2, 5], atol=1e-6)
+    assert np.isinf(r.distances[0, 4:]).all()
+    ids, dist = r.row(0)
+    assert ids.tolist() == [0, 2, 3, 1] and len(dist) == 4
+
+
+def test_knn_rejects_bad_input():
+    db = np.zeros((3, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match="dimension 2, expected 4"):
+        knn(np.zeros((1, 2)), db, 1)
+    with pytest.raises(ValueError, match="NaN"):
+        knn(np.full((1, 4), np.nan), db, 1)
+    with pytest.raises(ValueError, match="empty database"):
+        knn(np.zeros((1, 4)), np.zeros((0, 4)), 1)
+
+
+def test_rerank_only_reorders_candidates():
+    fine = np.array([[0.0], [10.0], [1.0], [2.0], [0.5]], dtype=np.float32)
+    # Row 4 is the fine-level nearest but is not a candidate, so it must not appear.
+    r = rerank(np.array([[0.0]]), fine, np.array([[3, 1, 2, -1]]))
+    assert r.ids[0].tolist() == [2, 3, 1, -1]
+    np.testing.assert_allclose(r.distances[0, :3], [1, 2, 10])
+    assert rerank(np.array([[0.0]]), fine, np.array([[3, 1, 2]]), k=2).ids[0].tolist() == [2, 3]
+
+
+def test_rerank_routes_each_query_to_its_model():
+    model_a = np.array([[0.0], [1.0], [2.0]], dtype=np.float32)
+    model_b = model_a[::-1].copy()  # the same rows in reverse order under the second model
+    queries = np.array([[0.0], [0.0]], dtype=np.float32)
+    cand = np.array([[0, 1, 2], [0, 1, 2]])
+    r = rerank(queries, [model_a, model_b], cand, routes=np.array([0, 1]))
+    assert r.ids.tolist() == [[0, 1, 2], [2, 1, 0]]
+    with pytest.raises(ValueError, match="no routes"):
+        rerank(queries, [model_a, model_b], cand)
+    with pytest.raises(ValueError, match=r"routes must lie in \[0, 2\)"):
+        rerank(queries, [model_a, model_b], cand, routes=np.array([0, 2]))
+    with pytest.raises(ValueError, match="outside the database"):
+        rerank(queries, model_a, np.array([[0, 3], [0, 1]]))
+
+
+def test_coarse_to_fine_recovers_what_coarse_alone_misses():
+    # Coarse features put the true match (row 1) second; fine features resolve it. Row 3 is coarse-far
+    # but fine-identical to the query: outside the top-K it must stay unranked.
+    coarse_db = np.array([[0.0], [0.1], [0.2], [5.0]], dtype=np.float32)
+    fine_db = np.array([[5.0, 0], [0.1, 0], [3.0, 0], [0.0, 0]], dtype=np.float32)
+    r = coarse_to_fine(np.array([[0.0]]), coarse_db, np.array([[0.0, 0.0]]), fine_db, top_k=3)
+    assert knn(np.array([[0.0]]), coarse_db, 3).ids[0].tolist() == [0, 1, 2]
+    assert r.ids[0].tolist() == [1, 2, 0]
+
+
+def test_query_expansion_averages_query_and_top_hits():
+    db = np.array([[1.0, 0], [3.0, 0], [100.0, 0]], dtype=np.float32)
+    ranking = Ranking(ids=np.array([[1, 0, 2]]), distances=np.zeros((1, 3), dtype=np.float32))
+    q = np.array([[2.0, 6.0]], dtype=np.float32)
+    np.testing.assert_allclose(expand_queries(q, db, ranking, top=2), [[(2 + 3 + 1) / 3, 2.0]])
+
+
+def test_query_expansion_pulls_in_a_match_near_the_top_hits():
+    # Query sits between two clusters, slightly nearer the wrong lone point (row 3); its true cluster
+    # (rows 0-2) dominates its top hits, so the expanded query moves to that cluster.
+    db = np.array([[0.0], [0.2], [0.4], [1.45], [3.0]], dtype=np.float32)
+    q = np.array([[1.0]], dtype=np.float32)
+    cand = np.array([[0, 1, 2, 3, 4]])
+    plain = fine_stage(q, db, cand)
+    expanded = fine_stage(q, db, cand, qe_top=3)
+    assert plain.ids[0, 0] == 3
+    assert expanded.ids[0, :2].tolist() == [2, 1]
