@@ -78,7 +78,7 @@ def serve(index_dir: Path, cfg: LoadConfig, startup_timeout_s: float = 300.0):
 
 def fetch_queries(url: str, n: int) -> list[tuple[str, bytes, str]]:
     """The first `n` database images (by id) as (name, bytes, content type) uploads."""
-    index_size = httpx.get(f"{url}/stats", timeout=10).json().get("index_size", n)
+    index_size = httpx.get(f"{url}/stats", timeout=10).json().get("images", n)
     out = []
     for i in np.linspace(0, max(index_size - 1, 0), num=min(n, index_size), dtype=int).tolist():
         resp = httpx.get(f"{url}/images/{i}", timeout=10)
@@ -146,8 +146,9 @@ def write_report(result: dict, cfg: LoadConfig, name: str) -> tuple[Path, Path]:
         f"# fgia serve load test ({name})", "",
         f"{cfg.clients} concurrent clients on loopback for {cfg.duration_s:g} s, POST /search top_k={cfg.top_k}, "
         f"pipeline={cfg.pipeline}, query_expansion={cfg.query_expansion}; {cfg.queries} distinct query images "
-        f"taken from the database. Server: index of {s.get('index_size', '?')} images, model {s.get('model', '?')}, "
-        f"device {s.get('device', cfg.device)}, batching max_batch={s.get('batching', {}).get('max_batch', '?')}. "
+        f"taken from the database. Server: index of {s.get('images', '?')} images, backbone {s.get('backbone', '?')} "
+        f"at {s.get('image_size', '?')} px, coarse index {s.get('factory', '?')}, K={s.get('top_k', '?')}, device "
+        f"{cfg.device}, batching max_batch={s.get('batching', {}).get('max_batch', '?')}. "
         f"Machine: {machine['cpus']} CPUs, {machine['platform']} (clients share the machine with the server).", "",
         "| requests | errors | req/s | p50 ms | p90 ms | p99 ms | p99/p50 |", "|---:|---:|---:|---:|---:|---:|---:|",
         f"| {result['requests']} | {result['errors']} | {result['requests_per_s']} | {result['p50_ms']} | "

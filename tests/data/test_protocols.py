@@ -50,7 +50,8 @@ def test_zero_shot_split_halves_classes_in_order():
 def test_osfgir_split_disjoint_species_queries_removed_distractors():
     birds, cars = make_ds("birds", 6, 5), make_ds("cars", 4, 3)
     cars.samples.append(Sample(Path("/data/cars/unlabelled.jpg"), label=-1))
-    distractors = FineGrainedDataset("noise", Path("/noise"), [], [Sample(Path(f"/noise/{i}.jpg"), 0) for i in range(3)])
+    noise = [Sample(Path(f"/noise/{i}.jpg"), 0) for i in range(3)]
+    distractors = FineGrainedDataset("noise", Path("/noise"), [], noise)
     split = build_osfgir_split({"birds": birds, "cars": cars}, queries_per_class=2, distractors=distractors, seed=3)
 
     aux_species = set(split.auxiliary.classes)

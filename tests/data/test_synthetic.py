@@ -164,3 +164,14 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
         draw_object("boats", (0,), np.random.default_rng(0), 64)
     with pytest.raises(ValueError, match="cues"):
         draw_object("birds", (0, 0, 9, 0), np.random.default_rng(0), 64)
+
+
+def test_fgia_reads_it_like_real_data(tiny_synth: Path) -> None:
+    from fgia.data import read_dataset
+
+    dataset = read_dataset(tiny_synth.parent)
+    assert len(dataset) == 96 and len(dataset.classes) == 12
+    assert {s.category for s in dataset} == {"birds", "cars", "food"}
+    assert len(dataset.split("test")) == 24
+    first = dataset.samples[0]
+    assert first.path.is_file() and dataset.classes[first.label] == "birds/sp00" and first.bbox is not None

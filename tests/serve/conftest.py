@@ -61,7 +61,7 @@ class FakeEngine:
         return results
 
     def stats(self):
-        return {"index_size": len(self.paths), "model": "fake-mean-colour", "dim": 3}
+        return {"images": len(self.paths), "backbone": "fake-mean-colour", "dims": {"colour": 3}}
 
     def image_path(self, id: int) -> Path:
         return self.paths[id]

@@ -189,7 +189,7 @@ def test_missing_database_file_is_404(tmp_path, solid, engine_factory):
 def test_health_and_stats_count_queries(client, solid):
     assert client.get("/health").json() == {"status": "ok"}
     before = client.get("/stats").json()
-    assert before["index_size"] == 6 and before["model"] == "fake-mean-colour" and before["dim"] == 3
+    assert before["images"] == 6 and before["backbone"] == "fake-mean-colour" and before["dims"] == {"colour": 3}
     assert before["limits"]["max_upload_bytes"] == 200_000
     assert before["queries"]["queries_served"] == 0 and before["queries"]["p50_ms"] is None
     for colour in ("red", "green", "blue"):

@@ -38,3 +38,12 @@ def test_config_round_trips_through_yaml(tmp_path):
     cfg = ServeConfig(max_pixels=1234, batching="on")
     save_yaml(cfg, tmp_path / "serve.yaml")
     assert load_yaml(ServeConfig, tmp_path / "serve.yaml") == cfg
+
+
+def test_module_entry_point_refuses_a_missing_index(tmp_path, capsys):
+    from fgia.serve.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "nope"), "--port", "1"])
+    assert exit_info.value.code == 2
+    assert "index directory not found" in capsys.readouterr().err

@@ -122,6 +122,6 @@ def check_images(
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         reasons = list(pool.map(reason, samples))
-    ok = [s for s, r in zip(samples, reasons) if r is None]
-    broken = [(s, r) for s, r in zip(samples, reasons) if r is not None]
+    ok = [s for s, r in zip(samples, reasons, strict=True) if r is None]
+    broken = [(s, r) for s, r in zip(samples, reasons, strict=True) if r is not None]
     return ok, broken

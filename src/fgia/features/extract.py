@@ -77,7 +77,8 @@ def prepare_model(model: nn.Module, device: str | torch.device = "auto") -> nn.M
     return model.to(pick_device(str(device)), memory_format=torch.channels_last).eval()
 
 
-def _autocast(device: torch.device):
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA, nothing elsewhere."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -94,7 +95,7 @@ def featurize_batch(
     keep_maps: bool = False,
 ) -> BatchFeatures:
     """Embeddings of a normalised (B, 3, H, W) batch on the model's device, plus its region embeddings/boxes."""
-    with _autocast(images.device):
+    with autocast_for(images.device):
         out = model(images)
     if out.embedding is None:
         raise ValueError(f"{type(model).__name__} returns no embedding; it cannot be used for feature extraction")
@@ -115,7 +116,7 @@ def featurize_batch(
         pixels = scale_boxes(result.boxes, np.full(batch, width), np.full(batch, height))
         rois = torch.cat([torch.arange(batch, dtype=torch.float32)[:, None], torch.from_numpy(pixels)], 1)
         crops = roi_align(images, rois.to(images.device, images.dtype), (height, width), 1.0, 2, aligned=True)
-        with _autocast(images.device):
+        with autocast_for(images.device):
             result.region = model(crops.contiguous(memory_format=torch.channels_last)).embedding.float()
     return result
 

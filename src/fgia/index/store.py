@@ -304,7 +304,8 @@ class FeatureStore:
         with atomic_path(target) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=new.dtype, shape=(n_old + len(new), *new.shape[1:]))
             for start in range(0, n_old, _COPY_ROWS):
-                out[start : start + _COPY_ROWS] = old[start : start + _COPY_ROWS]
+                stop = min(start + _COPY_ROWS, n_old)
+                out[start:stop] = old[start:stop]
             out[n_old:] = new
             out.flush()
             del out

@@ -292,6 +292,7 @@ def create_index(
         index = BinaryIndex(dim, config, _build(faiss.index_binary_factory, dim, factory))
     else:
         index = FaissIndex(dim, config, _build(faiss.index_factory, dim, factory))
+        _no_polysemous_training(index.index)
     index.set_search_params(search_params)
     return index
 
@@ -301,3 +302,14 @@ def _build(make: Any, dim: int, factory: str) -> Any:
         return make(int(dim), factory)
     except RuntimeError as e:
         raise ValueError(f"invalid FAISS factory string {factory!r} for dim {dim}: {e}") from None
+
+
+def _no_polysemous_training(index: Any) -> None:
+    # index_factory turns on polysemous training for 8-bit PQ codes: it is slow (seconds even on tiny data) and
+    # only pays off for polysemous (Hamming-filtered) search, which is never used here.
+    index = faiss.downcast_index(index)
+    if hasattr(index, "do_polysemous_training"):
+        index.do_polysemous_training = False
+    for child in ("base_index", "index"):
+        if hasattr(index, child):
+            _no_polysemous_training(getattr(index, child))

@@ -9,6 +9,7 @@ Layout of a system directory (everything written by `train_system`, read by `loa
     pca/<name>-image.*       PCA of model <name>'s whole-image embedding to the part dimension
     pca/<name>-region.*      ... and of its region embedding
     classifier.npz           logistic regression on the coarse feature -> meta-category
+    aux_unified.npz          AD's unified embeddings and meta-category indices (for the classifier table)
 
 Feature conventions (shared by indexing and querying, so they live here only): embeddings are L2-normalised
 before PCA and every PCA output is L2-normalised again (`FeaturePCA` does both). The fine feature of an image under model m is
@@ -41,6 +42,7 @@ from fgia.train import UNIFIED, TrainConfig, fit_per_category
 SYSTEM_FILE = "system.json"
 CONFIG_FILE = "system.yaml"
 CLASSIFIER_FILE = "classifier.npz"
+AUX_FILE = "aux_unified.npz"
 
 
 @dataclass
@@ -198,7 +200,8 @@ class System:
 
     def extract(self, name: str, samples: Sequence[Sample], regions: bool = True) -> FeatureSet:
         """Features of model `name` for dataset samples (unreadable images skipped, see `FeatureSet.index`)."""
-        return extract_features(self.models[name], samples, **self._extract_options(regions))
+        options = self._extract_options(regions)
+        return extract_features(self.models[name], samples, workers=self.config.workers, **options)
 
     def extract_images(self, name: str, images: Sequence[Image.Image], regions: bool = True) -> FeatureSet:
         """Features of model `name` for in-memory images, with the confidence maps when `regions`."""
@@ -260,6 +263,8 @@ def train_system(
     targets = np.array([categories.index(auxiliary.samples[i].category) for i in read])
     coarse_pca, classifier = fit_coarse(aux_features[UNIFIED].image, targets, cfg.coarse_dim, cfg.seed)
     coarse_pca.save(out / "pca" / "coarse")
+    with atomic_path(out / AUX_FILE) as tmp, tmp.open("wb") as f:
+        np.savez(f, embedding=aux_features[UNIFIED].image, category=targets)
     classifier.save(out / CLASSIFIER_FILE)
     info = {
         "categories": categories,
@@ -271,6 +276,12 @@ def train_system(
     }
     atomic_write_text(out / SYSTEM_FILE, json.dumps(info, indent=2))
     return out
+
+
+def load_aux_embeddings(system_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(AD unified embeddings, AD meta-category indices) saved by `train_system`."""
+    with np.load(Path(system_dir) / AUX_FILE, allow_pickle=False) as data:
+        return data["embedding"], data["category"]
 
 
 def load_system(system_dir: str | os.PathLike, device: str = "auto") -> System:

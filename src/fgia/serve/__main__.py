@@ -18,8 +18,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batching", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    run(args.index_dir, host=args.host, port=args.port, device=args.device,
-        config=ServeConfig(batching=args.batching), log_level=args.log_level)
+    try:
+        run(args.index_dir, host=args.host, port=args.port, device=args.device,
+            config=ServeConfig(batching=args.batching), log_level=args.log_level)
+    except (FileNotFoundError, ValueError) as exc:
+        parser.exit(2, f"error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,11 @@ from fgia.serve.stats import LatencyStats
 from fgia.serve.uploads import ACCEPTED_TYPES, UploadError, decode_upload
 
 STATIC_DIR = Path(__file__).parent / "static"
-Pipeline = Literal["c2f", "single"]
+# The pipelines of fgia.retrieval.engine.PIPELINES (a test keeps them equal; importing the engine here would
+# load torch and the models' code just to declare the API).
+Pipeline = Literal["c2f", "c2f-image", "c2f-unified", "single"]
+PIPELINE_HELP = ("c2f: coarse-to-fine; c2f-image: whole-image fine features only; c2f-unified: the unified model "
+                 "re-ranks; single: one-stage search of the compact coarse feature")
 log = logging.getLogger(__name__)
 
 
@@ -123,12 +127,13 @@ def create_app(engine: SearchEngine, cfg: ServeConfig | None = None) -> FastAPI:
               dependencies=[Depends(_require_multipart)],
               responses={400: {"description": "corrupt or empty image"},
                          413: {"description": "upload bytes or pixel count over the limits shown in /stats"},
+                         422: {"description": "bad options"},
                          415: {"description": "not a JPEG/PNG/WebP upload"},
                          503: {"description": "too many queries waiting"}})
     async def search(
         file: Annotated[UploadFile, File(description=f"query photo ({', '.join(ACCEPTED_TYPES)})")],
         top_k: Annotated[int, Form(ge=1, le=cfg.max_top_k)] = cfg.default_top_k,
-        pipeline: Annotated[Pipeline, Form(description="c2f: coarse-to-fine; single: one stage")] = "c2f",
+        pipeline: Annotated[Pipeline, Form(description=PIPELINE_HELP)] = "c2f",
         query_expansion: Annotated[bool, Form()] = False,
     ) -> SearchResponse:
         started = time.perf_counter()
@@ -143,6 +148,8 @@ def create_app(engine: SearchEngine, cfg: ServeConfig | None = None) -> FastAPI:
             result, queued_ms = await batcher.search(image, options)
         except QueueFull as exc:
             raise HTTPException(503, str(exc)) from None
+        except ValueError as exc:  # the engine refusing an option combination, e.g. expansion with "single"
+            raise HTTPException(422, str(exc)) from None
         except Exception as exc:
             latency.record_failure()
             log.exception("search failed")

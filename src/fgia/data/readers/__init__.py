@@ -11,20 +11,19 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-# Importing the format modules registers them; detection tries them in this order (most specific first,
-# the class-per-folder fallback last).
+# Importing the format modules registers them.
 from fgia.data.readers import (  # noqa: F401
     aircraft,
     cub,
     flowers102,
+    folder,
     food101,
     inat,
     manifest,
     stanford_cars,
     stanford_dogs,
 )
-from fgia.data.readers import folder  # noqa: F401  (must register last)
-from fgia.data.readers.base import READERS, DatasetError, unwrap
+from fgia.data.readers.base import READERS, DatasetError, detection_order, unwrap
 from fgia.data.readers.manifest import write_manifest
 from fgia.data.samples import FineGrainedDataset
 
@@ -33,7 +32,7 @@ __all__ = ["DatasetError", "detect_format", "list_formats", "read_dataset", "wri
 
 def list_formats() -> list[tuple[str, str]]:
     """(name, description) of every supported layout, in detection order."""
-    return [(r.name, r.description) for r in READERS.values()]
+    return [(r.name, r.description) for r in detection_order()]
 
 
 def _check_root(root: str | os.PathLike) -> Path:
@@ -48,7 +47,7 @@ def _check_root(root: str | os.PathLike) -> Path:
 def detect_format(root: str | os.PathLike) -> tuple[str, Path]:
     """The layout name and the folder (or manifest file) it was found in; DatasetError when none matches."""
     path = _check_root(root)
-    for reader in READERS.values():
+    for reader in detection_order():
         try:
             found = reader.detect(path)
         except OSError as e:

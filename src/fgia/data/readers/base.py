@@ -20,24 +20,33 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Reader:
-    """A supported layout: `detect(root)` returns the folder holding the dataset (or None); `read(folder)`."""
+    """A supported layout: `detect(root)` returns the folder holding the dataset (or None); `read(folder)`.
+
+    `fallback` layouts (the generic class-per-folder tree) are tried after every specific one.
+    """
 
     name: str
     description: str
     detect: Callable[[Path], Path | None]
     read: Callable[..., FineGrainedDataset]
+    fallback: bool = False
 
 
 READERS: dict[str, Reader] = {}
 
 
-def register_reader(name: str, description: str, detect: Callable[[Path], Path | None]):
-    """Register `read(folder, **options) -> FineGrainedDataset` under `name` (detection order = registration)."""
+def detection_order() -> list[Reader]:
+    """Registered readers, specific layouts first and fallbacks last."""
+    return sorted(READERS.values(), key=lambda r: r.fallback)
+
+
+def register_reader(name: str, description: str, detect: Callable[[Path], Path | None], fallback: bool = False):
+    """Register `read(folder, **options) -> FineGrainedDataset` under `name`."""
 
     def wrap(read: Callable[..., FineGrainedDataset]) -> Callable[..., FineGrainedDataset]:
         if name in READERS:
             raise ValueError(f"dataset reader {name!r} is already registered")
-        READERS[name] = Reader(name, description, detect, read)
+        READERS[name] = Reader(name, description, detect, read, fallback)
         return read
 
     return wrap

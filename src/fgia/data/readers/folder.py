@@ -15,7 +15,8 @@ _SPLIT_ALIASES = {"valid": "val", "validation": "val"}
 
 
 def _subdirs(d: Path) -> list[Path]:
-    return sorted((p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+    dirs = (p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(dirs, key=lambda p: natural_key(p.name))
 
 
 def _images(d: Path) -> list[Path]:
@@ -51,6 +52,7 @@ def _detect(root: Path) -> Path | None:
     "class-per-folder tree: <class>/*.jpg, optionally under train/ val/ test/; class names from a "
     "cat_to_name.json in or beside the root",
     detect=_detect,
+    fallback=True,
 )
 def read_folder(root: Path) -> FineGrainedDataset:
     """Read a class-per-folder tree; folders with no image are skipped with a warning."""

@@ -117,7 +117,7 @@ def _read_csv_release(root: Path) -> FineGrainedDataset:
                 if len(row) < 6:
                     raise DatasetError(f"{anno}:{n}: expected fname,x1,y1,x2,y2,class, got {row!r}")
                 fname = row[0].strip()
-                rec = dict(zip(("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class"), row[1:6]))
+                rec = dict(zip(("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class"), row[1:6], strict=True))
                 path = files.get(fname, root / split / fname)
                 samples.append(_sample(rec, path, split, len(classes), anno))
     if not samples:

@@ -46,7 +46,7 @@ def read_stanford_dogs(root: Path) -> FineGrainedDataset:
         labels = [int(v) for v in _as_list(labels)]
         if not len(files) == len(annos) == len(labels):
             raise DatasetError(f"{path}: file_list, annotation_list and labels differ in length")
-        entries.extend(zip(files, annos, labels, [split] * len(files)))
+        entries.extend(zip(files, annos, labels, [split] * len(files), strict=True))
 
     folder_of = {label: f.replace("\\", "/").split("/")[0] for f, _, label, _ in entries}
     n_classes = max(folder_of)
@@ -84,5 +84,5 @@ def _voc_box(path: Path) -> BBox | None:
         raise DatasetError(f"cannot read {path}: {e}") from None
     if not boxes:
         return None
-    x1, y1, x2, y2 = zip(*boxes)
+    x1, y1, x2, y2 = zip(*boxes, strict=True)
     return (min(x1), min(y1), max(x2), max(y2))

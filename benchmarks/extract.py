@@ -1,0 +1,180 @@
+"""Extraction throughput of the full fgia pipeline relative to the bare backbone forward pass, in one run.
+
+Measures (images/s): (1) the bare trunk forward on a batch already on the device; (2) `extract_features`
+without regions (loading, decoding, resizing, CN-Nets forward); (3) the same with discriminative regions (box
+finding, on-device roi_align crop, second forward). Prints the ratios (targets: >= 0.9 without regions,
+>= 0.45 with) and writes benchmarks/results/extract_<device>.{json,md}.
+
+    python benchmarks/extract.py --backbone resnet18 --size 224 --batch 16 --n 128 --device cpu
+    python benchmarks/extract.py --backbone resnet50 --size 448 --batch 32 --n 1024   # on a GPU
+
+Images: the real CUB subset in ../shared/data when present, else generated noise images (written to a temp dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fgia.data.samples import Sample
+from fgia.features.extract import autocast_for, extract_features, prepare_model
+from fgia.models import create_model, create_trunk
+from fgia.runtime import atomic_write_text, pick_device, seed_everything
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHARED_CUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "cub100" / "CUB_200_2011" / "images"
+
+
+@dataclass
+class BenchConfig:
+    backbone: str = "resnet50"
+    size: int = 448
+    batch: int = 32
+    n: int = 512
+    device: str = "auto"
+    workers: int = 4
+    head_stages: list[int] = field(default_factory=lambda: [0])
+    head_dim: int = 1024
+    num_classes: int = 100
+    threads: int | None = None
+
+
+def sample_images(n: int) -> tuple[list[Sample], str]:
+    """`n` image samples: real CUB images when the shared data is there, else generated ones."""
+    paths = sorted(SHARED_CUB.glob("*/*.jpg"))[:n] if SHARED_CUB.is_dir() else []
+    if len(paths) == n:
+        return [Sample(p, 0) for p in paths], f"shared cub100 ({n} JPEGs)"
+    folder = Path(tempfile.mkdtemp(prefix="fgia_bench_"))
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(folder / f"{i}.jpg", quality=90)
+    return [Sample(p, 0) for p in sorted(folder.glob("*.jpg"))], f"generated noise ({n} 320x240 JPEGs)"
+
+
+def bare_rate(cfg: BenchConfig, device: torch.device) -> float:
+    """Images/s of the trunk alone on a batch already on the device (same size, batch, precision, layout)."""
+    trunk = prepare_model(create_trunk(cfg.backbone), device)
+    batch = torch.randn(cfg.batch, 3, cfg.size, cfg.size, device=device).contiguous(memory_format=torch.channels_last)
+    steps = max(1, cfg.n // cfg.batch)
+    with torch.inference_mode(), autocast_for(device):
+        trunk(batch)  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            trunk(batch)
+        _sync(device)
+    return steps * cfg.batch / (time.perf_counter() - start)
+
+
+def pipeline_rate(cfg: BenchConfig, samples: list[Sample], head_stages: int, regions: bool) -> float:
+    """Images/s of `extract_features` over `samples` (after a one-batch warm-up)."""
+    model = create_model(
+        "cnnets", num_classes=cfg.num_classes, backbone=cfg.backbone, head_stages=head_stages, head_dim=cfg.head_dim
+    )
+    kwargs = dict(image_size=cfg.size, regions=regions, batch_size=cfg.batch, workers=cfg.workers, device=cfg.device)
+    extract_features(model, samples[: cfg.batch], **kwargs)
+    start = time.perf_counter()
+    features = extract_features(model, samples, **kwargs)
+    elapsed = time.perf_counter() - start
+    if len(features) != len(samples):
+        raise RuntimeError(f"only {len(features)} of {len(samples)} images were extracted")
+    return len(samples) / elapsed
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    defaults = BenchConfig()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default=defaults.backbone)
+    parser.add_argument("--size", type=int, default=defaults.size)
+    parser.add_argument("--batch", type=int, default=defaults.batch)
+    parser.add_argument("--n", type=int, default=defaults.n, help="images per measurement")
+    parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="DataLoader workers")
+    parser.add_argument("--head-stages", type=int, nargs="+", default=defaults.head_stages)
+    parser.add_argument("--head-dim", type=int, default=defaults.head_dim)
+    parser.add_argument("--num-classes", type=int, default=defaults.num_classes)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    cfg = BenchConfig(**{k: v for k, v in vars(args).items()})
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(0)
+    device = pick_device(cfg.device)
+    samples, source = sample_images(cfg.n)
+
+    bare = bare_rate(cfg, device)
+    rows = []
+    for head_stages in cfg.head_stages:
+        plain = pipeline_rate(cfg, samples, head_stages, regions=False)
+        region = pipeline_rate(cfg, samples, head_stages, regions=True)
+        rows.append(
+            {
+                "head_stages": head_stages,
+                "no_regions_img_s": round(plain, 2),
+                "regions_img_s": round(region, 2),
+                "ratio_no_regions": round(plain / bare, 3),
+                "ratio_regions": round(region / bare, 3),
+            }
+        )
+        print(
+            f"head_stages={head_stages}: bare {bare:.1f} img/s | no regions {plain:.1f} img/s "
+            f"(ratio {plain / bare:.2f}, target 0.90) | regions {region:.1f} img/s (ratio {region / bare:.2f}, target 0.45)"
+        )
+
+    name = device.type
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
+    report = {
+        "config": asdict(cfg),
+        "images": source,
+        "hardware": hardware,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "bare_img_s": round(bare, 2),
+        "results": rows,
+    }
+    atomic_write_text(RESULTS / f"extract_{name}.json", json.dumps(report, indent=2) + "\n")
+    lines = [
+        f"# Extraction throughput ({name}: {hardware})",
+        "",
+        f"`python benchmarks/extract.py {' '.join(_cli(cfg))}` — images: {source}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads. Bare trunk forward: **{bare:.1f} img/s**.",
+        "",
+        "| head_stages | no regions img/s | ratio (target 0.90) | with regions img/s | ratio (target 0.45) |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['head_stages']} | {r['no_regions_img_s']} | {r['ratio_no_regions']} | {r['regions_img_s']} | "
+            f"{r['ratio_regions']} |"
+            for r in rows
+        ),
+        "",
+    ]
+    atomic_write_text(RESULTS / f"extract_{name}.md", "\n".join(lines))
+    print(f"wrote {RESULTS / f'extract_{name}.json'} and .md")
+
+
+def _cli(cfg: BenchConfig) -> list[str]:
+    out = []
+    for key, value in asdict(cfg).items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        out += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""`fgia bench methods`: train/evaluate a list of survey methods on one zero-shot split, one Markdown table.
+
+The auxiliary half of the classes (`train`) trains every trained method (its own shipped train/test split,
+or every `holdout_every`-th image per class, gives the held-out images for top-1) and fits the
+PCA-whitening; the other half (`test`) is retrieved leave-one-out (each image queries all the others),
+reporting mAP, mAP@R and Recall@K as the metric-learning literature does for CUB and Cars.
+
+Method names:
+  "<descriptor>-offtheshelf"  a registered descriptor on the untrained backbone (`weights`), e.g. "gem-offtheshelf"
+  "<descriptor>-finetuned"    the same on the trunk of the "plain" model fine-tuned on the auxiliary set
+  "plain", "cnnets", "bilinear", "compact_bilinear", "attention_crop"   trained with cross-entropy; their embedding
+  "proxy_anchor", "multi_similarity", "triplet", "arcface"               "plain" trained with that metric loss
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.nn as nn
+
+import fgia.models.attention  # noqa: F401  (registers "attention_crop")
+import fgia.models.encoders  # noqa: F401  (registers "bilinear", "compact_bilinear")
+import fgia.train.metric_learning  # noqa: F401  (registers the metric-learning losses)
+from fgia.config import to_dict
+from fgia.data import DatasetError, official_split, zero_shot_split
+from fgia.data.samples import FineGrainedDataset
+from fgia.eval.classify import ClassifyConfig, evaluate_classification
+from fgia.eval.metrics import evaluate_retrieval
+from fgia.features.descriptors import create_descriptor, extract_descriptors, fit_descriptor, fit_whitening
+from fgia.features.extract import FeatureSet, extract_features
+from fgia.models import create_network, create_trunk
+from fgia.runtime import atomic_write_text, seed_everything
+from fgia.train.config import TrainConfig
+from fgia.train.trainer import fit
+
+CE_MODELS = ("plain", "cnnets", "bilinear", "compact_bilinear", "attention_crop")
+METRIC_LOSSES = ("proxy_anchor", "multi_similarity", "triplet", "arcface")
+DESCRIPTOR_MODES = ("offtheshelf", "finetuned")
+DEFAULT_METHODS = (
+    "gap-offtheshelf", "mac-offtheshelf", "gem-offtheshelf", "rmac-offtheshelf", "crow-offtheshelf",
+    "scda-offtheshelf", "vlad-offtheshelf", "neural_codes-offtheshelf", "gem-finetuned", "scda-finetuned",
+    "plain", "cnnets", "bilinear", "compact_bilinear", "attention_crop", "proxy_anchor", "multi_similarity",
+    "triplet", "arcface",
+)
+
+
+@dataclass
+class MethodsConfig:
+    """One comparison: a backbone and training recipe shared by every method, plus per-method options."""
+
+    backbone: str = "resnet18"
+    weights: str | None = None
+    image_size: int = 64
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    whiten: bool = True
+    pca_dim: int | None = None
+    holdout_every: int = 4
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    model_kwargs: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"bilinear": {"reduce_dim": 32}, "compact_bilinear": {"dim": 2048},
+                                 "cnnets": {"head_dim": 256}})
+    loss_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    descriptor_kwargs: dict[str, dict[str, Any]] = field(default_factory=lambda: {"vlad": {"clusters": 8}})
+
+    def __post_init__(self) -> None:
+        if self.holdout_every < 2:
+            raise ValueError(f"holdout_every must be >= 2, got {self.holdout_every}")
+
+
+@dataclass
+class MethodResult:
+    """One row of the table; `top1` is None for methods without a trained classifier."""
+
+    method: str
+    feature_dim: int
+    ms_per_image: float
+    top1: float | None
+    mAP: float
+    map_at_r: float
+    recall: dict[str, float]
+    train_seconds: float | None = None
+
+
+def parse_method(method: str) -> tuple[str, str | None]:
+    """("descriptor", mode) for "<descriptor>-<mode>", ("model", None) for a trained method; unknown -> error."""
+    if method in CE_MODELS or method in METRIC_LOSSES:
+        return method, None
+    name, _, mode = method.rpartition("-")
+    if mode in DESCRIPTOR_MODES and name:
+        create_descriptor(name)  # raises KeyError with the known names
+        return name, mode
+    raise ValueError(f"unknown method {method!r}: use <descriptor>-offtheshelf|finetuned, one of {CE_MODELS} "
+                     f"or one of {METRIC_LOSSES}")
+
+
+def holdout_split(ds: FineGrainedDataset, every: int) -> tuple[FineGrainedDataset, FineGrainedDataset]:
+    """(fit, held-out) images: the dataset's own train/test split, else every `every`-th image of each class."""
+    try:
+        return official_split(ds)
+    except DatasetError:
+        seen: dict[int, int] = {}
+        held = set()
+        for i, s in enumerate(ds.samples):
+            seen[s.label] = seen.get(s.label, 0) + 1
+            if seen[s.label] % every == 0:
+                held.add(i)
+        fit_part = replace(ds, samples=[s for i, s in enumerate(ds.samples) if i not in held])
+        return fit_part, replace(ds, samples=[ds.samples[i] for i in sorted(held)])
+
+
+def zero_shot_scores(features: np.ndarray, labels: np.ndarray, device: str = "auto") -> dict[str, float]:
+    """Leave-one-out retrieval over one set: mAP, mAP@R and R@1/2/4/8 (Euclidean distance)."""
+    n = len(features)
+    return evaluate_retrieval(features, labels, features, labels, ks=(1, 2, 4, 8), exclude_ids=np.arange(n),
+                              device=device)
+
+
+class _Bench:
+    """Shared state of one `bench_methods` run: the split, and trained models reused across methods."""
+
+    def __init__(self, train: FineGrainedDataset, test: FineGrainedDataset, cfg: MethodsConfig):
+        self.cfg, self.aux, self.test = cfg, train, test
+        self.fit_set, self.val_set = holdout_split(train, cfg.holdout_every)
+        self.trained: dict[str, tuple[nn.Module, float]] = {}
+        self._offtheshelf: nn.Module | None = None
+        self.extract = {"image_size": cfg.image_size, "batch_size": cfg.batch_size, "workers": cfg.workers,
+                        "device": cfg.device}
+
+    def train(self, method: str) -> tuple[nn.Module, float]:
+        """The model of a trained method (trained once per run) and its training seconds."""
+        if method not in self.trained:
+            cfg = self.cfg
+            model = "plain" if method in METRIC_LOSSES else method
+            loss = method if method in METRIC_LOSSES else "ce"
+            train_cfg = TrainConfig(
+                model=model, model_kwargs={"backbone": cfg.backbone, "weights": cfg.weights,
+                                           **cfg.model_kwargs.get(model, {})},
+                image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                optimizer=cfg.optimizer, warmup_epochs=min(1.0, cfg.epochs), loss=loss,
+                loss_kwargs=cfg.loss_kwargs.get(loss, {}), seed=cfg.seed, workers=cfg.workers, device=cfg.device)
+            start = time.perf_counter()
+            result = fit(train_cfg, self.fit_set, None, progress=False)
+            self.trained[method] = (result.model, time.perf_counter() - start)
+        return self.trained[method]
+
+    def offtheshelf_trunk(self) -> nn.Module:
+        """One untrained-on-aux trunk for every off-the-shelf descriptor (seeded, so random weights agree too)."""
+        if self._offtheshelf is None:
+            seed_everything(self.cfg.seed)
+            self._offtheshelf = create_trunk(self.cfg.backbone, self.cfg.weights).eval()
+        return self._offtheshelf
+
+    def run(self, method: str) -> MethodResult:
+        kind, mode = parse_method(method)
+        top1 = train_seconds = None
+        if mode is None:
+            model, train_seconds = self.train(method)
+            aux, test, ms = self._timed(lambda samples: extract_features(model, samples, regions=False, **self.extract))
+            if method in CE_MODELS or self.cfg.loss_kwargs.get(method, {}).get("ce_weight", 0) > 0:
+                classify = ClassifyConfig(split=None, image_size=self.cfg.image_size,
+                                          batch_size=self.cfg.batch_size, workers=self.cfg.workers,
+                                          device=self.cfg.device)
+                top1 = evaluate_classification(model, self.val_set, cfg=classify)["top1"]
+        else:
+            if mode == "finetuned":
+                plain, train_seconds = self.train("plain")
+                trunk = plain.trunk
+            else:
+                trunk = self.offtheshelf_trunk()
+            descriptor = self._descriptor(kind, mode)
+            fit_descriptor(descriptor, trunk, self.aux.samples, seed=self.cfg.seed, **self.extract)
+            aux, test, ms = self._timed(lambda samples: extract_descriptors(trunk, descriptor, samples, **self.extract))
+        if self.cfg.whiten:
+            features = fit_whitening(aux.image, self.cfg.pca_dim).transform(test.image)
+        else:
+            features = test.image / np.maximum(np.linalg.norm(test.image, axis=1, keepdims=True), 1e-12)
+        labels = np.asarray(self.test.labels)[test.index]
+        scores = zero_shot_scores(features, labels, self.cfg.device)
+        return MethodResult(method, int(features.shape[1]), ms, top1, scores["mAP"], scores["mAP@R"],
+                            {f"R@{k}": scores[f"R@{k}"] for k in (1, 2, 4, 8)}, train_seconds)
+
+    def _descriptor(self, name: str, mode: str) -> nn.Module:
+        options = dict(self.cfg.descriptor_kwargs.get(name, {}))
+        if name == "neural_codes" and mode == "offtheshelf":
+            # the penultimate layer of the network the trunk came from (timm's pre-logits head)
+            seed_everything(self.cfg.seed)
+            net = create_network(self.cfg.backbone, self.cfg.weights).eval()
+            options["head"] = lambda x: net.forward_head(x, pre_logits=True)
+            options["dim"] = net.num_features
+        return create_descriptor(name, **options)
+
+    def _timed(self, extract) -> tuple[FeatureSet, FeatureSet, float]:
+        """Auxiliary and test features; ms per test image of the whole extraction (decode + forward)."""
+        aux = extract(self.aux.samples) if self.cfg.whiten else None
+        start = time.perf_counter()
+        test = extract(self.test.samples)
+        return aux, test, 1000 * (time.perf_counter() - start) / max(1, len(test))
+
+
+def bench_methods(methods: list[str], train: FineGrainedDataset, test: FineGrainedDataset,
+                  cfg: MethodsConfig | None = None, on_result=None) -> list[MethodResult]:
+    """Evaluate each method on the split (train = auxiliary classes, test = retrieved classes); one row each.
+
+    Method names are checked before anything runs; `on_result(row)` is called as each row completes.
+    """
+    cfg = cfg or MethodsConfig()
+    if not methods:
+        raise ValueError("no methods given")
+    for method in methods:
+        parse_method(method)
+    if set(train.classes) & set(test.classes):
+        raise ValueError("the auxiliary and test sets share classes; use a zero-shot (class-disjoint) split")
+    bench = _Bench(train, test, cfg)
+    rows = []
+    for method in methods:
+        rows.append(bench.run(method))
+        if on_result is not None:
+            on_result(rows[-1])
+    return rows
+
+
+def bench_dataset(dataset: FineGrainedDataset, methods: list[str] | None = None, cfg: MethodsConfig | None = None,
+                  on_result=None) -> list[MethodResult]:
+    """`bench_methods` on the zero-shot split of `dataset` (first half of the classes trains, second is retrieved)."""
+    train, test = zero_shot_split(dataset)
+    return bench_methods(list(methods or DEFAULT_METHODS), train, test, cfg, on_result)
+
+
+def methods_markdown(rows: list[MethodResult]) -> str:
+    """The comparison table: method, feature dim, extraction ms/image, top-1, mAP, R@1 (+ MAP@R, R@8)."""
+    lines = ["| method | feature dim | extraction ms/image | top-1 | mAP | R@1 | MAP@R | R@8 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        top1 = f"{r.top1:.3f}" if r.top1 is not None else ""
+        lines.append(f"| {r.method} | {r.feature_dim} | {r.ms_per_image:.2f} | {top1} | {r.mAP:.3f} | "
+                     f"{r.recall['R@1']:.3f} | {r.map_at_r:.3f} | {r.recall['R@8']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_methods_table(rows: list[MethodResult], path: str | os.PathLike, cfg: MethodsConfig,
+                        extra: dict[str, Any] | None = None) -> Path:
+    """Write `path` (.md: config + table) and the same rows as JSON beside it; both atomically."""
+    path = Path(path)
+    header = "# Methods comparison\n\n" + "".join(f"- {k}: {v}\n" for k, v in {**to_dict(cfg), **(extra or {})}.items())
+    atomic_write_text(path.with_suffix(".md"), header + "\n" + methods_markdown(rows))
+    payload = {"config": to_dict(cfg), **(extra or {}), "rows": [asdict(r) for r in rows]}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(payload, indent=1))
+    return path.with_suffix(".md")

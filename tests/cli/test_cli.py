@@ -1,0 +1,76 @@
+"""The `fgia` command: sub-commands run end to end in-process, bad input gives one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fgia.cli import main
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["fgia", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    return exc.value.code or 0, out, err
+
+
+def test_datasets_list_names_every_reader(monkeypatch, capsys):
+    from fgia.data import list_formats
+
+    code, out, _ = run_cli(monkeypatch, capsys, "datasets", "list")
+    assert code == 0
+    for name, _ in list_formats():
+        assert name in out
+
+
+def test_synth_then_inspect_reads_it(tmp_path, monkeypatch, capsys):
+    out_dir = tmp_path / "bench"
+    code, _, _ = run_cli(monkeypatch, capsys, "synth", str(out_dir), "--categories", "2", "--species", "3",
+                         "--images", "4", "--size", "48", "--workers", "1")
+    assert code == 0
+    code, out, _ = run_cli(monkeypatch, capsys, "datasets", "inspect", str(out_dir), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["n_images"] == 2 * 3 * 4
+    assert report["n_classes"] == 6
+    assert set(report["categories"]) == {"birds", "cars"}
+
+
+def test_validate_exits_nonzero_on_a_broken_image(tmp_path, monkeypatch, capsys):
+    out_dir = tmp_path / "bench"
+    run_cli(monkeypatch, capsys, "synth", str(out_dir), "--categories", "1", "--species", "2", "--images", "2",
+            "--size", "32", "--workers", "1")
+    victim = next((out_dir / "images").rglob("*.jpg"))
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated JPEG
+    code, out, _ = run_cli(monkeypatch, capsys, "datasets", "validate", str(out_dir))
+    assert code == 1
+    assert "Truncated" in out  # the broken file is listed with its reason
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["datasets", "inspect", "/no/such/folder"],
+        ["search", "/no/such/index", "/no/such/image.jpg"],
+        ["index", "/no/such/system", "/no/such/data"],
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(args, monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code != 0
+    assert "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fgia: error:")
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "fgia.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for command in ("datasets", "synth", "train", "index", "search", "eval", "serve", "bench", "demo"):
+        assert command in result.stdout

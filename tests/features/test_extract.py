@@ -1,0 +1,83 @@
+"""Feature extraction end to end: region boxes in original pixels, region crops, skipping, query path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from fgia.data.samples import Sample
+from fgia.features.extract import extract_features, extract_from_images
+from fgia.models import ModelOutput, create_model
+
+
+class MeanColour(nn.Module):
+    """Embedding = mean colour of the input; class 0's map = brightness on an 8x8 grid (class 1: its negative)."""
+
+    mean, std, embedding_dim = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 3
+
+    def __init__(self, with_maps: bool = True):
+        super().__init__()
+        self.offset = nn.Parameter(torch.zeros(3))
+        self.with_maps = with_maps
+
+    def forward(self, x):
+        bright = F.adaptive_avg_pool2d(x.mean(1, keepdim=True), 8)
+        maps = torch.cat([bright, -bright], 1)
+        return ModelOutput(
+            logits=maps.mean((2, 3)), embedding=x.mean((2, 3)) + self.offset, maps=maps if self.with_maps else None
+        )
+
+
+@pytest.fixture
+def images(tmp_path):
+    """A 100x50 black image with a red square at x 50-75, y 0-25; a 40x80 one with it at x 0-20, y 40-80."""
+    wide = Image.new("RGB", (100, 50))
+    wide.paste((255, 0, 0), (50, 0, 75, 25))
+    tall = Image.new("RGB", (40, 80))
+    tall.paste((255, 0, 0), (0, 40, 20, 80))
+    wide.save(tmp_path / "wide.png")
+    tall.save(tmp_path / "tall.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    return [Sample(tmp_path / name, 0) for name in ("wide.png", "broken.jpg", "tall.png")]
+
+
+def test_region_boxes_map_back_to_original_pixels(images):
+    fs = extract_features(MeanColour(), images, image_size=64, batch_size=2, workers=0, device="cpu")
+    assert fs.skipped == 1 and fs.index.tolist() == [0, 2]
+    np.testing.assert_allclose(fs.boxes, [[50, 0, 75, 25], [0, 40, 20, 80]], atol=0.5)
+    assert fs.predicted.tolist() == [0, 0]
+    # whole image: mostly black; the region crop is the red square itself
+    np.testing.assert_allclose(fs.image[0], [0.125, 0, 0], atol=0.02)
+    np.testing.assert_allclose(fs.region, [[1, 0, 0], [1, 0, 0]], atol=0.05)
+
+
+def test_query_path_matches_dataset_path(images):
+    model = MeanColour()
+    fs = extract_features(model, images, image_size=64, workers=0, device="cpu")
+    query = extract_from_images(model, [Image.open(images[2].path)], image_size=64, device="cpu")
+    np.testing.assert_allclose(query.image[0], fs.image[1], atol=1e-6)
+    np.testing.assert_allclose(query.boxes[0], fs.boxes[1], atol=1e-4)
+    assert query.maps.shape == (1, 8, 8)
+
+
+def test_models_without_maps_extract_without_regions_only(images):
+    model = MeanColour(with_maps=False)
+    with pytest.raises(ValueError, match="no class-confidence maps"):
+        extract_features(model, images, image_size=64, workers=0, device="cpu")
+    fs = extract_features(model, images, image_size=64, workers=0, regions=False, device="cpu")
+    assert fs.region is None and fs.boxes is None and fs.image.shape == (2, 3)
+    with pytest.raises(ValueError, match="no samples"):
+        extract_features(model, [], image_size=64)
+
+
+def test_cnnets_with_a_worker_process(images):
+    model = create_model("cnnets", num_classes=3, backbone="test_resnet", head_dim=8).train()
+    fs = extract_features(model, images, image_size=64, batch_size=4, workers=1, device="auto")
+    assert fs.image.shape == fs.region.shape == (2, 16)
+    assert fs.image.dtype == np.float32 and np.isfinite(fs.region).all()
+    assert ((fs.boxes[:, 2:] > fs.boxes[:, :2]).all()) and (fs.boxes[0, 2:] <= [100, 50]).all()
+    assert not model.training  # extraction runs in eval mode (BatchNorm statistics untouched)
