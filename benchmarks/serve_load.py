@@ -13,17 +13,15 @@ import asyncio
 import json
 import os
 import platform
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
+
+from fgia.serve.server import serve_subprocess
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -38,42 +36,6 @@ class LoadConfig:
     queries: int = 8  # distinct query images, fetched from the database via /images/{id}
     device: str = "auto"
     batching: str = "auto"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serve(index_dir: Path, cfg: LoadConfig, startup_timeout_s: float = 300.0):
-    """Run `python -m fgia.serve` on a free loopback port; yield its URL; stop it afterwards."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "fgia.serve", str(index_dir), "--host", "127.0.0.1", "--port", str(port),
-           "--device", cfg.device, "--batching", cfg.batching, "--log-level", "warning"]
-    proc = subprocess.Popen(cmd)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with code {proc.returncode} before becoming healthy")
-            try:
-                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server not healthy after {startup_timeout_s} s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def fetch_queries(url: str, n: int) -> list[tuple[str, bytes, str]]:
@@ -184,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.url:
         result = asyncio.run(run_load(args.url.rstrip("/"), cfg))
     else:
-        with serve(args.index_dir, cfg) as url:
+        with serve_subprocess(args.index_dir, device=cfg.device, batching=cfg.batching, startup_timeout_s=300) as url:
             result = asyncio.run(run_load(url, cfg))
     paths = write_report(result, cfg, args.name)
     print(json.dumps({k: v for k, v in result.items() if k != "server_stats"}, indent=2))

@@ -30,6 +30,6 @@ def test_torchrun_two_cpu_processes(tiny_synth, tiny_ds, tmp_path, tiny_config):
     n_train = len(tiny_ds.split("train"))
     # Each rank saw half the images: the optimiser stepped once per local batch.
     assert state["scheduler"]["last_epoch"] == math.ceil(n_train / 2) // cfg.batch_size
-    model, info = load_model(out)
+    _, info = load_model(out)
     assert info["class_names"] == tiny_ds.classes
     assert proc.stdout.count("epoch 1 ") == 1  # only rank 0 prints

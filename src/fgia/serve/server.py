@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,3 +44,47 @@ def run(
     if cfg.batching == "auto":
         cfg = replace(cfg, batching="on" if resolved.type == "cuda" else "off")
     uvicorn.run(create_app(engine, cfg), host=host, port=port, log_level=log_level)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on `host` a moment ago."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_subprocess(
+    index_dir: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    device: str = "auto",
+    batching: str = "auto",
+    startup_timeout_s: float = 120.0,
+) -> Iterator[str]:
+    """Run `python -m fgia.serve` in a child process; yield its base URL once /health answers; stop it on exit."""
+    port = port or free_port(host)
+    url = f"http://{host}:{port}"
+    cmd = [sys.executable, "-m", "fgia.serve", str(index_dir), "--host", host, "--port", str(port),
+           "--device", device, "--batching", batching, "--log-level", "warning"]
+    proc = subprocess.Popen(cmd)
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"fgia serve exited with code {proc.returncode} before answering /health")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1.0):
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"fgia serve did not answer {url}/health within {startup_timeout_s} s") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
