@@ -167,7 +167,7 @@ def run(bench: HeadsBenchConfig, data: Path | None = None, out: Path = RESULTS, 
         "data": f"SynthConfig() defaults ({asdict(SynthConfig())}); OSFGIR split seed 0: "
                 f"{len(train.classes)} auxiliary species, {len(train)} train / {len(test)} held-out images; "
                 f"{len(unseen)} images of unseen species",
-        "machine": f"{platform.processor() or platform.machine()}, {bench.threads} CPU threads, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {bench.threads} CPU threads, torch {torch.__version__}",
         "rows": rows,
     }
     out.mkdir(parents=True, exist_ok=True)

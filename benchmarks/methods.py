@@ -1,11 +1,11 @@
 """The survey's methods side by side on the default synthetic benchmark (CPU-sized).
 
-Generates the default `SynthConfig` benchmark, takes its zero-shot split (first half of the species is the
+Generates the default `SynthConfig` benchmark (optionally with fewer images per species), takes its zero-shot split (first half of the species is the
 auxiliary set that trains every trained method and fits the PCA-whitening; the second half is retrieved
 leave-one-out), runs `fgia.eval.methods.bench_methods` and writes
 benchmarks/results/methods.{md,json}.
 
-    python benchmarks/methods.py [--epochs 5] [--image-size 96] [--methods gap-offtheshelf plain ...]
+    python benchmarks/methods.py [--images-per-species 40] [--epochs 5] [--image-size 96] [--methods ...]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/fgia_methods_bench"), help="synthetic data folder")
+    parser.add_argument("--images-per-species", type=int, default=SynthConfig.images_per_species)
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--weights", default="efficientnet-lite0")
     parser.add_argument("--image-size", type=int, default=96)
@@ -38,10 +39,10 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS / "methods")
     args = parser.parse_args()
 
-    synth = SynthConfig()
-    manifest = args.out / "manifest.csv"
+    synth = SynthConfig(images_per_species=args.images_per_species)
+    manifest = args.out / f"ips{args.images_per_species}" / "manifest.csv"
     if not manifest.exists():
-        generate_benchmark(synth, args.out, progress=False)
+        generate_benchmark(synth, manifest.parent, progress=False)
     dataset = read_dataset(manifest)
     cfg = MethodsConfig(backbone=args.backbone, weights=args.weights, image_size=args.image_size,
                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device)
@@ -50,8 +51,8 @@ def main() -> None:
                          on_result=lambda r: print(f"{r.method}: mAP {r.mAP:.3f} R@1 {r.recall['R@1']:.3f}",
                                                    flush=True))
     extra = {
-        "dataset": f"default SynthConfig ({synth.num_labelled} images, {synth.categories * synth.species_per_category}"
-                   " species), zero-shot split",
+        "dataset": f"SynthConfig(images_per_species={synth.images_per_species}): {synth.num_labelled} images, "
+                   f"{synth.categories * synth.species_per_category} species, zero-shot split",
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
                    f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
         "total_seconds": round(time.perf_counter() - start, 1),

@@ -48,16 +48,16 @@ class Row:
 
 
 def clustered_data(n: int, dim: int, clusters: int, intrinsic: int, seed: int) -> np.ndarray:
-    """`n` float32 vectors from a low-intrinsic-dimension Gaussian mixture, generated in chunks."""
+    """`n` float32 vectors from a low-intrinsic-dimension Gaussian mixture, generated cluster by cluster."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim), dtype=np.float32) * 4
-    bases = rng.standard_normal((clusters, intrinsic, dim), dtype=np.float32) / np.sqrt(intrinsic)
+    assignment = rng.integers(0, clusters, n)
     out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, 20_000):
-        m = min(20_000, n - start)
-        c = rng.integers(0, clusters, m)
-        z = rng.standard_normal((m, 1, intrinsic), dtype=np.float32)
-        out[start : start + m] = centres[c] + (z @ bases[c])[:, 0] + 0.1 * rng.standard_normal((m, dim), dtype=np.float32)
+    for c in range(clusters):
+        members = np.flatnonzero(assignment == c)
+        centre = rng.standard_normal(dim, dtype=np.float32) * 4
+        basis = rng.standard_normal((intrinsic, dim), dtype=np.float32) / np.sqrt(intrinsic)
+        z = rng.standard_normal((len(members), intrinsic), dtype=np.float32)
+        out[members] = centre + z @ basis + 0.1 * rng.standard_normal((len(members), dim), dtype=np.float32)
     return out
 
 
@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--clusters", type=int, default=1000, help="Gaussian mixture components")
     parser.add_argument("--intrinsic", type=int, default=32, help="intrinsic dimension of each cluster")
-    parser.add_argument("--train", type=int, default=100_000, help="training vectors for indexes that need them")
+    parser.add_argument("--train", type=int, default=50_000, help="training vectors for indexes that need them")
     parser.add_argument("--ann", nargs="*", default=DEFAULT_ANN,
                         help='ANN factories, each "FACTORY@PARAMS;PARAMS..." (one build, one search per PARAMS)')
     parser.add_argument("--device", default="auto", help="auto / cpu / cuda: adds torch exact search on CUDA")

@@ -99,7 +99,8 @@ async def run_load(url: str, cfg: LoadConfig) -> dict:
 def write_report(result: dict, cfg: LoadConfig, name: str) -> tuple[Path, Path]:
     """Write JSON and Markdown next to the other benchmark results."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    machine = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    machine = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+               "load_avg_1m_after": round(os.getloadavg()[0], 2)}
     payload = {"config": asdict(cfg), "machine": machine, **result}
     json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
     json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
@@ -111,7 +112,8 @@ def write_report(result: dict, cfg: LoadConfig, name: str) -> tuple[Path, Path]:
         f"taken from the database. Server: index of {s.get('images', '?')} images, backbone {s.get('backbone', '?')} "
         f"at {s.get('image_size', '?')} px, coarse index {s.get('factory', '?')}, K={s.get('top_k', '?')}, device "
         f"{cfg.device}, batching max_batch={s.get('batching', {}).get('max_batch', '?')}. "
-        f"Machine: {machine['cpus']} CPUs, {machine['platform']} (clients share the machine with the server).", "",
+        f"Machine: {machine['cpus']} CPUs, {machine['platform']}, 1-min load average "
+        f"{machine['load_avg_1m_after']} at the end (clients share the machine with the server and anything else).", "",
         "| requests | errors | req/s | p50 ms | p90 ms | p99 ms | p99/p50 |", "|---:|---:|---:|---:|---:|---:|---:|",
         f"| {result['requests']} | {result['errors']} | {result['requests_per_s']} | {result['p50_ms']} | "
         f"{result['p90_ms']} | {result['p99_ms']} | {result['p99_over_p50']} |", "",

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fgia.features.descriptors import (
+    PreLogits,
     create_descriptor,
     extract_descriptors,
     fit_descriptor,
@@ -132,6 +133,17 @@ def test_neural_codes_uses_the_given_head():
     codes = create_descriptor("neural_codes", head=head, dim=3)
     assert torch.allclose(codes(x), head(x)) and codes.out_dim(4) == 3
     assert torch.allclose(create_descriptor("neural_codes")(x), x.mean(dim=(2, 3)))
+
+
+def test_pre_logits_head_of_a_timm_network():
+    import timm
+
+    net = timm.create_model("resnet18", num_classes=5).eval()
+    images = torch.rand(1, 3, 64, 64)
+    codes = create_descriptor("neural_codes", head=PreLogits(net), dim=net.num_features)
+    with torch.no_grad():
+        got = codes(net.forward_features(images))
+        assert torch.allclose(net.fc(got), net(images), atol=1e-5)  # exactly the classifier's input
 
 
 def test_fit_whitening_l2_pca_whitening_l2():

@@ -79,7 +79,8 @@ def test_local_weights_mismatch_lists_keys(tmp_path):
     state.pop("layer1.0.conv1.weight")
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(WeightsError, match=r"missing \(1\): layer1.0.conv1.weight[\s\S]*unexpected \(1\): extra.weight"):
+    expected = r"missing \(1\): layer1.0.conv1.weight[\s\S]*unexpected \(1\): extra.weight"
+    with pytest.raises(WeightsError, match=expected):
         create_trunk("test_resnet", tmp_path / "bad.pt")
     with pytest.raises(WeightsError, match="not found"):
         create_trunk("test_resnet", tmp_path / "absent.pth")
@@ -89,10 +90,12 @@ def test_local_weights_mismatch_lists_keys(tmp_path):
 
 def test_lukemelas_style_keys_map_positionally(tmp_path):
     source = timm.create_model("test_efficientnet").eval()
-    renamed = {("_conv_stem.weight" if i == 0 else f"_blocks.{i}"): v for i, v in enumerate(source.state_dict().values())}
+    tensors = source.state_dict().values()
+    renamed = {("_conv_stem.weight" if i == 0 else f"_blocks.{i}"): v for i, v in enumerate(tensors)}
     torch.save(renamed, tmp_path / "lite.pth")
     x = torch.randn(1, 3, 64, 64)
-    torch.testing.assert_close(create_trunk("test_efficientnet", tmp_path / "lite.pth").eval()(x), source.forward_features(x))
+    trunk = create_trunk("test_efficientnet", tmp_path / "lite.pth").eval()
+    torch.testing.assert_close(trunk(x), source.forward_features(x))
     keys = list(renamed)
     renamed[keys[0]], renamed[keys[1]] = renamed[keys[1]], renamed[keys[0]]
     torch.save(renamed, tmp_path / "shuffled.pth")

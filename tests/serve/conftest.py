@@ -102,3 +102,25 @@ def fake_engine(fake_db) -> FakeEngine:
 def engine_factory():
     """`engine_factory(paths, labels)`: a FakeEngine over other images."""
     return FakeEngine
+
+
+@pytest.fixture(scope="session")
+def real_index(tiny_synth, tmp_path_factory):
+    """A real retrieval index over the tiny synthetic benchmark (timm `test_resnet`, 1 epoch, 64 px).
+
+    Returns (index_dir, database dataset).
+    """
+    from fgia.data.protocols import build_osfgir_split
+    from fgia.data.readers import read_dataset
+    from fgia.retrieval.engine import build_index
+    from fgia.retrieval.system import SystemConfig, train_system
+
+    ds = read_dataset(tiny_synth)
+    by_category = {c: ds.filter(lambda s, c=c: s.category == c) for c in sorted({s.category for s in ds})}
+    split = build_osfgir_split(by_category, queries_per_class=1)
+    out = tmp_path_factory.mktemp("serve_index")
+    cfg = SystemConfig(backbone="test_resnet", epochs=1, batch_size=16, head_dim=64, part_dim=16, coarse_dim=8,
+                       top_k=20, device="cpu")
+    train_system(split.auxiliary, cfg, out / "system", progress=False)
+    build_index(out / "system", split.database, out / "index", device="cpu")
+    return out / "index", split.database

@@ -133,6 +133,12 @@ def test_wrong_request_shapes(client, fake_engine, solid):
     assert fake_engine.calls == []
 
 
+def test_engine_refusing_options_is_422(client, fake_engine, solid):
+    fake_engine.fail_with = ValueError("query expansion applies to the coarse-to-fine pipelines only")
+    resp = upload(client, encode(solid("red")), pipeline="single", query_expansion="true")
+    assert resp.status_code == 422 and "query expansion" in resp.json()["detail"]
+
+
 def test_engine_failure_is_500_and_service_survives(client, fake_engine, solid):
     fake_engine.fail_with = RuntimeError("index exploded")
     resp = upload(client, encode(solid("red")))

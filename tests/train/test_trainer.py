@@ -112,6 +112,30 @@ def test_custom_loss_parameters_are_trained_and_checkpointed(one_category, tmp_p
     assert np.isfinite(result.history[0]["loss"])
 
 
+class _FirstImages(torch.utils.data.Sampler):
+    def __init__(self, n):
+        self.n, self.epochs = n, []
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return iter(range(self.n))
+
+
+def test_a_given_sampler_replaces_the_default(one_category, tmp_path, tiny_config):
+    sampler = _FirstImages(8)
+    fit(tiny_config(tmp_path / "run", epochs=2), one_category.split("train"), progress=False, sampler=sampler)
+    assert sampler.epochs == [0, 1]
+    state = torch.load(tmp_path / "run" / STATE_FILE, weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 2  # one batch of 8 per epoch instead of 24 // 8 = 3
+    with pytest.raises(TypeError, match="set_epoch"):
+        fit(tiny_config(), one_category.split("train"), progress=False, sampler=list(range(8)))
+
+
 def test_bad_input_is_refused_with_a_clear_message(one_category, tiny_config):
     train, test = one_category.split("train"), one_category.split("test")
     with pytest.raises(ValueError, match="unlabelled or out of range"):

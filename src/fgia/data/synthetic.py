@@ -325,11 +325,17 @@ def _combos(seed: int, category: str) -> tuple[tuple[int, ...], ...]:
     return tuple(combos[i] for i in order)
 
 
+def _species_combo(cfg: SynthConfig, index: int) -> tuple[int, ...]:
+    """The cue values of the species that labelled image `index` shows."""
+    species = index // cfg.images_per_species
+    category = list(CATEGORIES)[species // cfg.species_per_category]
+    return _combos(cfg.seed, category)[species % cfg.species_per_category]
+
+
 def species_cues(cfg: SynthConfig) -> dict[str, tuple[int, ...]]:
     """The cue values that define each species of `cfg`, by class name (e.g. "birds/sp03")."""
-    firsts = (_item(cfg, k * cfg.images_per_species) for k in range(cfg.categories * cfg.species_per_category))
-    return {it.label: _combos(cfg.seed, it.category)[(it.index // cfg.images_per_species) % cfg.species_per_category]
-            for it in firsts}
+    firsts = (k * cfg.images_per_species for k in range(cfg.categories * cfg.species_per_category))
+    return {_item(cfg, i).label: _species_combo(cfg, i) for i in firsts}
 
 
 def draw_object(category: str, cues: Sequence[int], rng: np.random.Generator, size: int,
@@ -403,8 +409,7 @@ def render_image(cfg: SynthConfig, index: int) -> tuple[Image.Image, tuple[float
     rng = np.random.default_rng([cfg.seed, 1, index])
     d = cfg.difficulty
     if item.label:
-        category = item.category
-        cues = _combos(cfg.seed, category)[(index // cfg.images_per_species) % cfg.species_per_category]
+        category, cues = item.category, _species_combo(cfg, index)
     else:  # a distractor: an object of some category with a cue combination no species has
         category = list(CATEGORIES)[rng.integers(0, cfg.categories)]
         unused = _combos(cfg.seed, category)[cfg.species_per_category:]

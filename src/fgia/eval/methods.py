@@ -32,7 +32,13 @@ from fgia.data import DatasetError, official_split, zero_shot_split
 from fgia.data.samples import FineGrainedDataset
 from fgia.eval.classify import ClassifyConfig, evaluate_classification
 from fgia.eval.metrics import evaluate_retrieval
-from fgia.features.descriptors import create_descriptor, extract_descriptors, fit_descriptor, fit_whitening
+from fgia.features.descriptors import (
+    PreLogits,
+    create_descriptor,
+    extract_descriptors,
+    fit_descriptor,
+    fit_whitening,
+)
 from fgia.features.extract import FeatureSet, extract_features
 from fgia.models import create_network, create_trunk
 from fgia.runtime import atomic_write_text, seed_everything
@@ -196,7 +202,7 @@ class _Bench:
             # the penultimate layer of the network the trunk came from (timm's pre-logits head)
             seed_everything(self.cfg.seed)
             net = create_network(self.cfg.backbone, self.cfg.weights).eval()
-            options["head"] = lambda x: net.forward_head(x, pre_logits=True)
+            options["head"] = PreLogits(net)
             options["dim"] = net.num_features
         return create_descriptor(name, **options)
 

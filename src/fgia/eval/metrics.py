@@ -79,10 +79,12 @@ def _aggregate(per_query: dict[str, np.ndarray], n_relevant: np.ndarray, empty_q
     n_empty = int((~defined).sum())
     if empty_queries == "exclude" and not defined.any():
         raise ValueError("no query has a relevant item in the database: every metric is undefined")
-    result: dict[str, Any] = {}
-    for name, values in per_query.items():
-        result[name] = float(values[defined].mean()) if empty_queries == "exclude" else float(np.nan_to_num(values).mean())
-    result["n_queries"] = int(defined.sum()) if empty_queries == "exclude" else len(n_relevant)
+    exclude = empty_queries == "exclude"
+    result: dict[str, Any] = {
+        name: float(values[defined].mean() if exclude else np.nan_to_num(values).mean())
+        for name, values in per_query.items()
+    }
+    result["n_queries"] = int(defined.sum()) if exclude else len(n_relevant)
     result["n_without_relevant"] = n_empty
     return result
 
@@ -219,6 +221,10 @@ def evaluate_retrieval(
     db = _as_numpy(db_features)
     if q.ndim != 2 or db.ndim != 2 or q.shape[1] != db.shape[1]:
         raise ValueError(f"query features {q.shape} and database features {db.shape} must be 2-D with equal dims")
+    if not (np.isfinite(q).all() and np.isfinite(db).all()):
+        raise ValueError("features contain NaN or infinite values")
+    if len(q) == 0:
+        raise ValueError("no queries given")
     q_labels = _labels("query_labels", query_labels, len(q))
     d_labels = _labels("db_labels", db_labels, len(db))
     ks = _check_ks(ks)
@@ -241,9 +247,7 @@ def evaluate_retrieval(
         if excl is not None:
             rel[rows[keep], -1] = False  # the excluded item sorts last (distance inf) and is never relevant
         parts.append(_per_query(rel.cpu().numpy(), n_rel[sl], ks))
-    per_query = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {}
-    if not per_query:
-        raise ValueError("no queries given")
+    per_query = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     return _aggregate(per_query, n_rel, empty_queries)
 
 

@@ -240,11 +240,11 @@ class VLAD(MapDescriptor):
 class NeuralCodes(MapDescriptor):
     """'Neural codes': the network's penultimate layer, computed from the last conv map by `head`.
 
-    `head` maps (B, C, H, W) to (B, D), e.g. a timm model's `forward_head(x, pre_logits=True)`; without
-    one, the penultimate layer of a GAP-headed network (ResNet, EfficientNet) is the GAP of the map.
+    `head` maps (B, C, H, W) to (B, `dim`), e.g. `PreLogits(timm_network)`; without one, the penultimate layer
+    of a GAP-headed network (ResNet, EfficientNet) is the GAP of the map.
     """
 
-    def __init__(self, head: Callable[[Tensor], Tensor] | None = None, dim: int | None = None):
+    def __init__(self, head: nn.Module | None = None, dim: int | None = None):
         super().__init__()
         self.head, self.dim = head, dim
 
@@ -253,6 +253,17 @@ class NeuralCodes(MapDescriptor):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(_check_map(x)) if self.head is not None else x.mean(dim=(2, 3))
+
+
+class PreLogits(nn.Module):
+    """A timm network's head up to (not including) the classifier: its `forward_head(x, pre_logits=True)`."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.network.forward_head(x, pre_logits=True)
 
 
 class DescriptorModel(nn.Module):
@@ -278,7 +289,8 @@ class _LocalSample(MapDescriptor):
     def forward(self, x: Tensor) -> Tensor:
         flat = x.flatten(2)  # (B, C, HW)
         picks = torch.randint(0, flat.shape[2], (x.shape[0], self.per_image), generator=self.generator)
-        return torch.gather(flat, 2, picks.to(x.device)[:, None, :].expand(-1, x.shape[1], -1)).transpose(1, 2).flatten(1)
+        index = picks.to(x.device)[:, None, :].expand(-1, x.shape[1], -1)
+        return torch.gather(flat, 2, index).transpose(1, 2).flatten(1)
 
 
 def fit_descriptor(descriptor: nn.Module, trunk: nn.Module, samples: Sequence[Sample], per_image: int = 64,

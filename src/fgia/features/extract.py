@@ -74,7 +74,8 @@ class _WithOriginalSize:
 
 def prepare_model(model: nn.Module, device: str | torch.device = "auto") -> nn.Module:
     """Put `model` in eval mode, channels_last, on `device` ("auto": the GPU when there is one); in place."""
-    return model.to(pick_device(str(device)), memory_format=torch.channels_last).eval()
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    return model.to(dev, memory_format=torch.channels_last).eval()
 
 
 def autocast_for(device: torch.device):
@@ -144,8 +145,8 @@ def extract_features(
     """
     if len(samples) == 0:
         raise ValueError("no samples to extract features from")
-    model = prepare_model(model, device)
-    dev = next(model.parameters()).device
+    dev = pick_device(device)
+    model = prepare_model(model, dev)
     transform = _WithOriginalSize(_eval_transform(model, image_size, mean, std))
     loader = make_loader(samples, transform, batch_size, workers=workers)
     parts: list[tuple[BatchFeatures, Tensor, Tensor]] = []
@@ -175,8 +176,8 @@ def extract_from_images(
     """The same features for in-memory PIL images (e.g. a query upload), processed exactly like a dataset."""
     if len(images) == 0:
         raise ValueError("no images to extract features from")
-    model = prepare_model(model, device)
-    dev = next(model.parameters()).device
+    dev = pick_device(device)
+    model = prepare_model(model, dev)
     transform = _WithOriginalSize(_eval_transform(model, image_size, mean, std))
     tensors, sizes = zip(*(transform(image.convert("RGB")) for image in images))
     batch = torch.stack(tensors).to(dev).contiguous(memory_format=torch.channels_last)

@@ -16,6 +16,7 @@ One writer at a time.
 
 from __future__ import annotations
 
+import copy
 import csv
 import datetime as dt
 import hashlib
@@ -199,13 +200,14 @@ class FeatureStore:
         if entry["index"] is None:
             raise ValueError(f"array {name!r} has no index; create the store with indexes={{{name!r}: 'Flat'}}")
         if name not in self._indexes:
-            if entry["index_file"] is None:
-                cfg = {**entry["index"], "device": self.device}
-                self._indexes[name] = create_index(entry["dim"], **cfg)
-            else:
-                path = self.directory / entry["index_file"]
-                self._indexes[name] = VectorIndex.load(path, device=self.device, expected_dim=entry["dim"])
+            self._indexes[name] = self._load_index(entry)
         return self._indexes[name]
+
+    def _load_index(self, entry: dict[str, Any]) -> VectorIndex:
+        """A new in-memory copy of the committed index described by a manifest entry."""
+        if entry["index_file"] is None:
+            return create_index(entry["dim"], **{**entry["index"], "device": self.device})
+        return VectorIndex.load(self.directory / entry["index_file"], device=self.device, expected_dim=entry["dim"])
 
     def search(self, name: str, queries: np.ndarray, k: int, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """Search the index over `name`: (distances (nq, k), metadata ids (nq, k), -1 padded)."""
@@ -233,7 +235,7 @@ class FeatureStore:
         staged = self._validate(rows, arrays, subsets)
         self._remove_unreferenced()
         generation = self.manifest["generation"] + 1
-        manifest = json.loads(json.dumps(self.manifest))
+        manifest = copy.deepcopy(self.manifest)
         base = len(self)
         new_indexes: dict[str, VectorIndex] = {}
         for name, (values, positions) in staged.items():
@@ -245,10 +247,8 @@ class FeatureStore:
             entry["ids"] = self._extend(entry["ids"], positions + base, f"{stem}.ids.g{generation}.npy")
             entry["count"] += len(values)
             if entry["index"] is not None:
-                # A fresh copy from disk: the cached one must stay as committed if this append fails.
-                self._indexes.pop(name, None)
-                index = self.index(name)
-                self._indexes.pop(name)
+                # A fresh copy, not the cached one: that must stay as committed if this append fails.
+                index = self._load_index(entry)
                 index.train(values)
                 index.add(values)
                 entry["index_file"] = f"indexes/{_slug(name)}.g{generation}.fidx"
@@ -276,10 +276,11 @@ class FeatureStore:
         for row in rows:
             if not isinstance(row, StoreRow):
                 raise TypeError(f"rows must be StoreRow objects, got {type(row).__name__}")
-        missing, extra = set(self.dims) - set(arrays), set(arrays) - set(self.dims)
-        if missing or extra or set(subsets) - set(self.dims):
+        missing = set(self.dims) - set(arrays)
+        unknown = (set(arrays) | set(subsets)) - set(self.dims)
+        if missing or unknown:
             raise IndexMismatchError(
-                f"arrays do not match the store: missing {sorted(missing)}, unknown {sorted(extra | (set(subsets) - set(self.dims)))}"
+                f"arrays do not match the store: missing {sorted(missing)}, unknown {sorted(unknown)}"
             )
         staged = {}
         for name, dim in self.dims.items():

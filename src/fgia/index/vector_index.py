@@ -87,6 +87,8 @@ class VectorIndex:
     def search(self, queries: np.ndarray, k: int, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest stored vectors per query: (distances float32 (nq, k), ids int64 (nq, k), -1 padded)."""
         k = _check_k(k)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         q = self._vectors(queries, "queries")
         if not self.is_trained:
             raise ValueError(f"index {self.factory!r} is not trained: nothing to search")
@@ -188,7 +190,7 @@ class _FaissBacked(VectorIndex):
     def _search(self, q: np.ndarray, k: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         distances = np.empty((len(q), k), dtype=np.float32)
         ids = np.empty((len(q), k), dtype=np.int64)
-        for start in range(0, len(q), max(1, batch_size)):
+        for start in range(0, len(q), batch_size):
             d, i = self.index.search(q[start : start + batch_size], k)
             distances[start : start + len(d)] = d
             ids[start : start + len(i)] = i

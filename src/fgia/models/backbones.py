@@ -13,8 +13,8 @@ Weights: None (random init), "hub" (timm / torchvision pretrained, needs the net
 from __future__ import annotations
 
 import importlib
-from collections import OrderedDict
 import re
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -24,8 +24,8 @@ import torch.nn as nn
 import torchvision
 from torch import Tensor
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from fgia.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 TORCHVISION_PREFIX = "torchvision/"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
 
@@ -91,8 +91,10 @@ def create_network(name: str, weights: str | Path | None = None) -> nn.Module:
         if name.startswith(TORCHVISION_PREFIX):
             net = _torchvision_network(name.removeprefix(TORCHVISION_PREFIX), hub)
         else:
-            if name not in timm.list_models():
-                raise ValueError(f"unknown backbone {name!r}; see timm.list_models() or use {TORCHVISION_PREFIX}googlenet")
+            if not timm.is_model(name):
+                raise ValueError(
+                    f"unknown backbone {name!r}; see timm.list_models() or use {TORCHVISION_PREFIX}googlenet"
+                )
             net = timm.create_model(name, pretrained=hub)
     except (OSError, RuntimeError) as err:
         if not hub:
@@ -218,7 +220,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """A state dict from .pth/.pt/.safetensors, unwrapping "state_dict"/"model" nesting and DDP "module." prefixes."""
     path = Path(path)
     if path.suffix not in WEIGHT_SUFFIXES:
-        raise WeightsError(f"weights {str(path)!r}: expected None, 'hub', efficientnet-liteN or a {WEIGHT_SUFFIXES} file")
+        raise WeightsError(
+            f"weights {str(path)!r}: expected None, 'hub', efficientnet-liteN or a {WEIGHT_SUFFIXES} file"
+        )
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":

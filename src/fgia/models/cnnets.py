@@ -21,13 +21,14 @@ from fgia.models.registry import register_model
 
 
 class ClassMapHead(nn.Module):
-    """Stages -> `layers` x (1x1 conv, BN, ReLU) -> dropout -> 1x1 conv to class maps (-> BN for Norm-Net)."""
+    """A private copy of `stages` -> `layers` x (1x1 conv, BN, ReLU) -> dropout -> 1x1 conv to class maps
+    (-> BN for Norm-Net)."""
 
     def __init__(
         self, stages: nn.Module, in_channels: int, dim: int, layers: int, num_classes: int, drop_rate: float, norm: bool
     ) -> None:
         super().__init__()
-        self.stages = stages
+        self.stages = copy.deepcopy(stages)
         blocks: list[nn.Module] = []
         for i in range(layers):
             blocks += [
@@ -69,12 +70,8 @@ class CNNets(nn.Module):
         trunk = create_trunk(backbone, weights)
         shared, split = trunk.split(head_stages)
         self.trunk = shared
-        self.heads = nn.ModuleDict(
-            {
-                name: ClassMapHead(copy.deepcopy(split), trunk.out_channels, head_dim, head_layers, num_classes, drop_rate, norm)
-                for name, norm in (("conv", False), ("norm", True))
-            }
-        )
+        sizes = (trunk.out_channels, head_dim, head_layers, num_classes, drop_rate)
+        self.heads = nn.ModuleDict({name: ClassMapHead(split, *sizes, norm=name == "norm") for name in ("conv", "norm")})
         self.num_classes = num_classes
         self.embedding_dim = 2 * head_dim
         self.mean, self.std = trunk.mean, trunk.std

@@ -271,8 +271,7 @@ def train_system(
         "coarse_dim": coarse_pca.n_components,
         "part_dim": part_dim,
         "auxiliary_images": len(auxiliary),
-        "train_top1": {n: r.last_val_top1 for n, r in results.items()},
-        "fingerprint": _fingerprint(out),
+        "train_history": {n: r.history[-1] if r.history else {} for n, r in results.items()},
     }
     atomic_write_text(out / SYSTEM_FILE, json.dumps(info, indent=2))
     return out
@@ -302,12 +301,13 @@ def load_system(system_dir: str | os.PathLike, device: str = "auto") -> System:
         part_pcas={n: (FeaturePCA.load(path / "pca" / f"{n}-image"), FeaturePCA.load(path / "pca" / f"{n}-region"))
                    for n in names},
         classifier=CoarseClassifier.load(path / CLASSIFIER_FILE),
-        fingerprint=info["fingerprint"],
+        fingerprint=_fingerprint(path),
     )
 
 
 def _fingerprint(system_dir: Path) -> str:
-    """SHA-256 over every file of the system (models, PCAs, classifier, config): any retraining changes it."""
+    """SHA-256 over every file of the system (models, PCAs, classifier, config), computed on load, so any
+    retraining or edited file changes it and an index built before is refused."""
     digest = hashlib.sha256()
     for p in sorted(q for q in system_dir.rglob("*") if q.is_file() and q.name != SYSTEM_FILE):
         digest.update(str(p.relative_to(system_dir)).encode())

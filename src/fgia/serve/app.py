@@ -13,10 +13,10 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Upload
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, ImageOps
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from fgia.data.images import ImageLoadError, load_image
 from fgia.serve.batching import QueueFull, SearchBatcher, SearchOptions
 from fgia.serve.config import ServeConfig
 from fgia.serve.protocol import SearchEngine, SearchResultLike
@@ -67,8 +67,7 @@ def _not_modified(request: Request, etag: str) -> bool:
 
 def render_thumbnail(path: str, mtime_ns: int, size: int) -> bytes:
     """A JPEG of the image at `path`, longest side at most `size` (mtime_ns keys the cache on file changes)."""
-    with Image.open(path) as image:
-        thumb = ImageOps.exif_transpose(image).convert("RGB")
+    thumb = load_image(path, max_pixels=4 * size * size)  # lets JPEG draft mode skip most of a big decode
     thumb.thumbnail((size, size))
     buf = io.BytesIO()
     thumb.save(buf, format="JPEG", quality=85)
@@ -127,8 +126,8 @@ def create_app(engine: SearchEngine, cfg: ServeConfig | None = None) -> FastAPI:
               dependencies=[Depends(_require_multipart)],
               responses={400: {"description": "corrupt or empty image"},
                          413: {"description": "upload bytes or pixel count over the limits shown in /stats"},
-                         422: {"description": "bad options"},
                          415: {"description": "not a JPEG/PNG/WebP upload"},
+                         422: {"description": "bad options"},
                          503: {"description": "too many queries waiting"}})
     async def search(
         file: Annotated[UploadFile, File(description=f"query photo ({', '.join(ACCEPTED_TYPES)})")],
@@ -148,7 +147,7 @@ def create_app(engine: SearchEngine, cfg: ServeConfig | None = None) -> FastAPI:
             result, queued_ms = await batcher.search(image, options)
         except QueueFull as exc:
             raise HTTPException(503, str(exc)) from None
-        except ValueError as exc:  # the engine refusing an option combination, e.g. expansion with "single"
+        except ValueError as exc:  # the engine refusing the options (its own checks, beyond the form's)
             raise HTTPException(422, str(exc)) from None
         except Exception as exc:
             latency.record_failure()
@@ -186,8 +185,8 @@ def create_app(engine: SearchEngine, cfg: ServeConfig | None = None) -> FastAPI:
             return Response(status_code=304, headers=headers)
         try:
             body = thumbnail(str(path), stat.st_mtime_ns, cfg.thumb_size)
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise HTTPException(500, f"database image {id} cannot be read: {exc}") from None
+        except ImageLoadError as exc:
+            raise HTTPException(500, f"database image {id} cannot be read: {exc.reason}") from None
         return Response(body, media_type="image/jpeg", headers=headers)
 
     @app.get("/health")

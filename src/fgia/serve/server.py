@@ -16,8 +16,8 @@ from pathlib import Path
 
 import uvicorn
 
-from fgia.serve.app import create_app
 from fgia.runtime import pick_device
+from fgia.serve.app import create_app
 from fgia.serve.config import ServeConfig
 
 
@@ -36,7 +36,7 @@ def run(
     index_dir = Path(index_dir)
     if not index_dir.is_dir():
         raise FileNotFoundError(f"index directory not found: {index_dir}")
-    from fgia.retrieval.engine import RetrievalEngine  # torch + models: only once there is an index to load
+    from fgia.retrieval.engine import RetrievalEngine  # models, timm, faiss: loaded only once the path is known good
 
     resolved = pick_device(device)
     engine = RetrievalEngine.load(index_dir, device=str(resolved))

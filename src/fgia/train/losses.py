@@ -7,6 +7,7 @@ classifier): the trainer optimises, synchronises (DDP) and checkpoints them with
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,8 @@ LossFn = Callable[[ModelOutput, Tensor], Tensor]
 LossFactory = Callable[..., LossFn]  # (cfg: TrainConfig, model: nn.Module, **cfg.loss_kwargs)
 
 _LOSSES: dict[str, LossFactory] = {}
+# Modules registering more losses, imported on first need: they carry optional dependencies.
+_PLUGINS = ("fgia.train.metric_learning",)
 
 
 def register_loss(name: str) -> Callable[[LossFactory], LossFactory]:
@@ -39,6 +42,13 @@ def register_loss(name: str) -> Callable[[LossFactory], LossFactory]:
 
 def build_loss(cfg: TrainConfig, model: nn.Module) -> LossFn:
     """The loss named by `cfg.loss`, built for `model`."""
+    if cfg.loss not in _LOSSES:
+        for module in _PLUGINS:
+            try:
+                importlib.import_module(module)
+            except ImportError as err:
+                raise KeyError(f"loss {cfg.loss!r} is not registered and {module} cannot be imported ({err}); "
+                               "pip install 'fgia[metric]' for the metric-learning losses") from err
     if cfg.loss not in _LOSSES:
         raise KeyError(f"unknown loss {cfg.loss!r}; registered: {', '.join(list_losses())}")
     return _LOSSES[cfg.loss](cfg, model, **cfg.loss_kwargs)

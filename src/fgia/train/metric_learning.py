@@ -128,7 +128,8 @@ class PKSampler(Sampler[int]):
             raise ValueError("P x K sampling needs labelled images only (found label -1)")
         self.by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
         if len(self.by_class) < p:
-            raise ValueError(f"P x K sampling with p={p} needs at least {p} classes, the data have {len(self.by_class)}")
+            raise ValueError(f"P x K sampling with p={p} needs at least {p} classes, "
+                             f"the data have {len(self.by_class)}")
         self.p, self.k, self.rank, self.world_size, self.seed, self.epoch = p, k, rank, world_size, seed, 0
         total = batches or max(1, len(labels) // (p * k))
         self.batches = math.ceil(total / world_size)

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from timm.optim import create_optimizer_v2
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import Sampler
 
 from fgia.config import save_yaml, to_dict
 from fgia.data import build_transform, make_loader
@@ -124,7 +125,8 @@ class _Trainer:
     """The state of one `fit` call; split out so each step of the loop reads on its own."""
 
     def __init__(self, cfg: TrainConfig, train: FineGrainedDataset, val: FineGrainedDataset | None,
-                 progress: bool, model: nn.Module | None, loss_fn: LossFn | None) -> None:
+                 progress: bool, model: nn.Module | None, loss_fn: LossFn | None,
+                 sampler: Sampler[int] | None) -> None:
         self.cfg, self.train_set, self.val_set = cfg, train, val
         self.ctx: DistContext = init_distributed(cfg.device)
         self.show = progress and self.ctx.is_main
@@ -137,7 +139,12 @@ class _Trainer:
         self.step.to(self.ctx.device, memory_format=self.memory_format)
         self.mean, self.std = normalisation(self.model, cfg.mean, cfg.std)
 
-        self.sampler = make_sampler(train.labels, self.ctx, balanced=cfg.balanced_sampling, seed=cfg.seed)
+        if sampler is not None and not hasattr(sampler, "set_epoch"):
+            raise TypeError(f"{type(sampler).__name__} has no set_epoch(epoch); fit needs it to reshuffle each "
+                            "epoch reproducibly (and to resume)")
+        if sampler is None:
+            sampler = make_sampler(train.labels, self.ctx, balanced=cfg.balanced_sampling, seed=cfg.seed)
+        self.sampler = sampler
         if len(self.sampler) < cfg.batch_size:
             raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(self.sampler)} training images each of "
                              f"the {self.ctx.world_size} process(es) gets; lower batch_size")
@@ -280,16 +287,18 @@ class _Trainer:
 
 def fit(cfg: TrainConfig, train: FineGrainedDataset, val: FineGrainedDataset | None = None, progress: bool = True,
         *, model: nn.Module | None = None, loss_fn: LossFn | None = None,
-        on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        sampler: Sampler[int] | None = None) -> TrainResult:
     """Train `cfg.model` (or the given `model`) on `train`, evaluating on `val` every `cfg.val_every` epochs.
 
     Under `torchrun` (WORLD_SIZE > 1) every process calls `fit`; data are split across ranks and only rank 0
     evaluates, prints and writes `cfg.out_dir` (model via `save_model`, `train_config.yaml`, `history.json`,
-    `trainer_state.pt`). `loss_fn` overrides the registered loss `cfg.loss`; `on_epoch_end(record)` is
-    called after each epoch's record (and checkpoint) is complete.
+    `trainer_state.pt`). `loss_fn` overrides the registered loss `cfg.loss`; `sampler` (with `set_epoch`,
+    already split across ranks, e.g. a P x K sampler) replaces the shuffled / class-balanced one;
+    `on_epoch_end(record)` is called after each epoch's record (and checkpoint) is complete.
     """
     _check_data(train, val)
-    return _Trainer(cfg, train, val, progress, model, loss_fn).run(on_epoch_end)
+    return _Trainer(cfg, train, val, progress, model, loss_fn, sampler).run(on_epoch_end)
 
 
 @torch.no_grad()
@@ -299,8 +308,8 @@ def predict_logits(model: nn.Module, dataset: FineGrainedDataset, *, image_size:
                    amp: str = "auto") -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Logits of every image, as {"": combined logits, head name: that head's logits}, and the labels."""
     device = pick_device("auto") if device is None else torch.device(device)
-    loader = make_loader(dataset.samples, build_transform(False, image_size, *normalisation(model, mean, std)), batch_size=batch_size,
-                         shuffle=False, workers=workers, sampler=None, drop_last=False)
+    transform = build_transform(False, image_size, *normalisation(model, mean, std))
+    loader = make_loader(dataset.samples, transform, batch_size=batch_size, shuffle=False, workers=workers)
     dtype = amp_dtype(amp, device)
     was_training = model.training
     model.eval().to(device)

@@ -34,7 +34,7 @@ function heatColour(t) {
   const r = Math.round(255 * Math.min(1, 2 * t));
   const g = Math.round(255 * Math.max(0, 2 * t - 1));
   const b = Math.round(255 * Math.max(0, 1 - 2 * t));
-  return [r, g, b, Math.round(40 + 140 * t)];
+  return [r, g, b, Math.round(30 + 110 * t)];
 }
 
 function drawQuery() {
