@@ -160,7 +160,9 @@ def build_osfgir_split(
         aux_species = set(rng.permutation(species)[:n_aux].tolist())
         for label in species:
             images = _cap(by_class[label], max_images_per_class, rng)
-            name = f"{category}/{ds.classes[label]}"
+            name = ds.classes[label]
+            if not name.startswith(f"{category}/"):  # unique across categories; synthetic names carry it already
+                name = f"{category}/{name}"
             if label in aux_species:
                 aux.extend(replace(s, label=len(aux_classes)) for s in images)
                 aux_classes.append(name)

@@ -1,0 +1,47 @@
+"""One tiny trained system and index, shared by the retrieval tests (trained once per session)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fgia.data import OsfgirSplit, build_osfgir_split, read_dataset
+from fgia.eval.osfgir import split_by_category
+from fgia.retrieval.engine import build_index
+from fgia.retrieval.system import SystemConfig, train_system
+
+TINY_SYSTEM = SystemConfig(
+    backbone="test_efficientnet",
+    image_size=48,
+    epochs=1,
+    batch_size=8,
+    head_dim=16,
+    coarse_dim=4,
+    part_dim=8,
+    top_k=12,
+    classifier_dims=(2, 4, 0),
+    device="cpu",
+)
+
+
+@dataclass
+class Built:
+    split: OsfgirSplit
+    system_dir: Path
+    index_dir: Path
+
+
+def tiny_split(manifest: Path) -> OsfgirSplit:
+    datasets, distractors = split_by_category(read_dataset(manifest))
+    return build_osfgir_split(datasets, aux_fraction=0.5, queries_per_class=2, distractors=distractors, seed=0)
+
+
+@pytest.fixture(scope="session")
+def built(tiny_synth, tmp_path_factory) -> Built:
+    out = tmp_path_factory.mktemp("osfgir_system")
+    split = tiny_split(tiny_synth)
+    system_dir = train_system(split.auxiliary, TINY_SYSTEM, out / "system", progress=False)
+    build_index(system_dir, split.database, out / "index", device="cpu")
+    return Built(split, system_dir, out / "index")

@@ -1,0 +1,109 @@
+"""Index building and the RetrievalEngine API on a tiny trained system."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from fgia.data import load_image
+from fgia.index import IndexMismatchError
+from fgia.retrieval.engine import STAGES, RetrievalEngine, build_index
+from fgia.retrieval.system import CLASSIFIER_FILE, CoarseClassifier
+
+
+@pytest.fixture(scope="module")
+def engine(built) -> RetrievalEngine:
+    return RetrievalEngine.load(built.index_dir, device="cpu")
+
+
+def test_index_holds_every_stage_for_every_database_image(built, engine):
+    n = len(built.split.database)
+    stats = engine.stats()
+    assert stats["images"] == len(engine) == n
+    assert stats["labelled"] == sum(s.label >= 0 for s in built.split.database.samples)
+    names = {"coarse", "coarse_full", "route", "box", "fine/unified"} | {f"fine/{c}" for c in stats["categories"]}
+    assert set(stats["dims"]) == names
+    assert stats["dims"]["coarse"] == 4 and stats["dims"]["fine/unified"] == 16  # [8-d image, 8-d region]
+    for name in names - {"coarse"}:
+        assert len(engine.arrays[name]) == n
+    assert engine.image_path(3) == built.split.database.samples[3].path.resolve()
+    with pytest.raises(IndexError, match="outside the index"):
+        engine.image_path(n)
+
+
+@pytest.mark.parametrize("pipeline", ["c2f", "c2f-image", "c2f-unified", "single"])
+def test_a_database_image_finds_itself_first(built, engine, pipeline):
+    sample = next(s for s in built.split.database.samples if s.label >= 0)
+    own_id = built.split.database.samples.index(sample)
+    [result] = engine.search([load_image(sample.path)], top_k=5, pipeline=pipeline)
+    assert result.ids[0] == own_id
+    assert result.distances[0] == pytest.approx(0.0, abs=1e-3)
+    assert result.distances == sorted(result.distances) and len(result.ids) == 5
+    assert result.paths[0] == str(sample.path.resolve())
+    assert result.labels[0] == built.split.database.classes[sample.label]
+
+
+def test_search_result_fields_and_timings(built, engine):
+    sample = built.split.queries.samples[0]
+    image = load_image(sample.path)
+    [result] = engine.search([image], top_k=3, query_expansion=True)
+    assert result.category in engine.system.categories
+    x1, y1, x2, y2 = result.region_box
+    assert 0 <= x1 < x2 <= image.width and 0 <= y1 < y2 <= image.height
+    assert result.confidence_map.ndim == 2
+    assert set(result.timings_ms) == set(STAGES)
+    assert all(v > 0 for v in result.timings_ms.values())
+    assert result.timings_ms["total"] >= sum(v for k, v in result.timings_ms.items() if k != "total")
+    assert set(result.to_dict()) >= {"ids", "distances", "paths", "labels", "category", "region_box"}
+
+
+def test_batched_ranking_matches_single_query_search(built, engine):
+    queries = built.split.queries.samples[:3]
+    qf = engine.query_features(queries)
+    ranking = engine.rank(qf, "c2f", query_expansion=True)
+    assert ranking.ids.shape == (3, engine.top_k)
+    for i, s in enumerate(queries):
+        [result] = engine.search([load_image(s.path)], top_k=engine.top_k, query_expansion=True)
+        assert result.ids == ranking.row(i)[0].tolist()
+        np.testing.assert_allclose(result.distances, ranking.row(i)[1], atol=1e-4)
+
+
+def test_bad_requests_are_refused(built, engine):
+    image = load_image(built.split.queries.samples[0].path)
+    with pytest.raises(ValueError, match="unknown pipeline"):
+        engine.search([image], pipeline="fastest")
+    with pytest.raises(ValueError, match="query expansion applies"):
+        engine.search([image], pipeline="single", query_expansion=True)
+    with pytest.raises(ValueError, match="single-stage search needs a feature"):
+        engine.search([image], pipeline="single", feature="route")
+    with pytest.raises(FileExistsError):
+        build_index(built.system_dir, built.split.database, built.index_dir, device="cpu")
+    with pytest.raises(FileNotFoundError, match="not a retrieval index"):
+        RetrievalEngine.load(built.system_dir)
+
+
+def test_index_of_another_system_is_refused(built, tmp_path):
+    other = tmp_path / "system"
+    shutil.copytree(built.system_dir, other)
+    clf = CoarseClassifier.load(other / CLASSIFIER_FILE)
+    clf.model.intercept_ = clf.model.intercept_ + 1.0  # as if retrained: a different classifier
+    clf.save(other / CLASSIFIER_FILE)
+    with pytest.raises(IndexMismatchError, match="system"):
+        RetrievalEngine.load(built.index_dir, device="cpu", system_dir=other)
+    with pytest.raises(IndexMismatchError):
+        build_index(other, built.split.database, built.index_dir, append=True, device="cpu")
+
+
+def test_append_equals_building_at_once(built, engine, tmp_path):
+    db = built.split.database
+    first, rest = db.filter(lambda s: s in db.samples[:10]), db.filter(lambda s: s in db.samples[10:])
+    build_index(built.system_dir, first, tmp_path / "idx", device="cpu")
+    result = build_index(built.system_dir, rest, tmp_path / "idx", append=True, device="cpu")
+    assert (result.added, result.total) == (len(rest), len(db))
+    appended = RetrievalEngine.load(tmp_path / "idx", device="cpu")
+    np.testing.assert_allclose(appended.arrays["fine/unified"], engine.arrays["fine/unified"], atol=1e-5)
+    assert appended.classes and set(appended.classes) == set(engine.classes)
+    image = load_image(built.split.queries.samples[0].path)
+    assert appended.search([image])[0].paths == engine.search([image])[0].paths
