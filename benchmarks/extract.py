@@ -153,6 +153,8 @@ def main() -> None:
         "images": source,
         "hardware": hardware,
         "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),  # others' work on the machine skews the rates
         "torch": torch.__version__,
         "bare_img_s": round(bare, 2),
         "results": rows,
@@ -162,7 +164,8 @@ def main() -> None:
         f"# Extraction throughput ({name}: {hardware})",
         "",
         f"`python benchmarks/extract.py {' '.join(_cli(cfg))}` — images: {source}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads. Bare trunk forward: **{bare:.1f} img/s**.",
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end. "
+        f"Bare trunk forward: **{bare:.1f} img/s**.",
         "",
         "| head_stages | no regions img/s | ratio (target 0.90) | with regions img/s | ratio (target 0.45) |",
         "|---|---|---|---|---|",

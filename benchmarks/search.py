@@ -30,8 +30,9 @@ from fgia.runtime import atomic_write_text, pick_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_ANN = [
-    "IVF1024,PQ64,RFlat@nprobe=8,k_factor_rf=4;nprobe=16,k_factor_rf=4;nprobe=32,k_factor_rf=8",
-    "HNSW32@efSearch=128;efSearch=256",
+    "IVF1024,PQ32,RFlat@nprobe=1,k_factor_rf=2;nprobe=2,k_factor_rf=2;nprobe=4,k_factor_rf=2;nprobe=4,k_factor_rf=4"
+    ";nprobe=8,k_factor_rf=4",
+    "HNSW32@efSearch=256;efSearch=512;efSearch=1024",
 ]
 
 
@@ -157,7 +158,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--clusters", type=int, default=1000, help="Gaussian mixture components")
     parser.add_argument("--intrinsic", type=int, default=32, help="intrinsic dimension of each cluster")
-    parser.add_argument("--train", type=int, default=50_000, help="training vectors for indexes that need them")
+    parser.add_argument("--train", type=int, default=40_000, help="training vectors for indexes that need them")
     parser.add_argument("--ann", nargs="*", default=DEFAULT_ANN,
                         help='ANN factories, each "FACTORY@PARAMS;PARAMS..." (one build, one search per PARAMS)')
     parser.add_argument("--device", default="auto", help="auto / cpu / cuda: adds torch exact search on CUDA")

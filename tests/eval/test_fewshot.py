@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fgia.eval.fewshot import FewShotConfig, few_shot_episodes, few_shot_report
+from fgia.eval.fewshot import (
+    FewShotConfig,
+    few_shot_checkpoint,
+    few_shot_episodes,
+    few_shot_report,
+    format_few_shot,
+)
 
 
 def _clustered(classes: int = 10, per_class: int = 20, spread: float = 0.05, seed: int = 0):
@@ -63,3 +69,18 @@ def test_report_runs_each_shot():
     x, y = _clustered()
     report = few_shot_report(x, y, FewShotConfig(n_way=5, n_query=5, episodes=20))
     assert list(report) == ["5-way 1-shot", "5-way 5-shot"] and all(m == 1.0 for m, _ in report.values())
+
+
+def test_few_shot_checkpoint_on_novel_species(tiny_synth, tmp_path):
+    from fgia.models import create_model, save_model
+
+    model = create_model("plain", num_classes=6, backbone="resnet18")
+    save_model(model, tmp_path, [f"c{i}" for i in range(6)])
+    cfg = FewShotConfig(n_way=3, n_query=3, episodes=10, image_size=32, device="cpu")
+    report = few_shot_checkpoint(tmp_path, tiny_synth, cfg, shots=(1, 5))
+    assert list(report) == ["3-way 1-shot", "3-way 5-shot"]
+    assert all(0 <= m <= 1 and ci >= 0 for m, ci in report.values())
+    assert "| 3-way 5-shot |" in format_few_shot(report)
+    with pytest.raises(ValueError, match="needs 3 classes with >= 13"):
+        few_shot_checkpoint(tmp_path, tiny_synth, FewShotConfig(n_way=3, n_query=8, episodes=2, image_size=32,
+                                                                device="cpu"), shots=(5,))

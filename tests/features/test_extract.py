@@ -9,8 +9,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from fgia.data.images import load_image
 from fgia.data.samples import Sample
-from fgia.features.extract import extract_features, extract_from_images
+from fgia.data.transforms import build_transform
+from fgia.features.extract import ResizeWithOriginalSize, extract_features, extract_from_images, normalize
 from fgia.models import ModelOutput, create_model
 
 
@@ -81,3 +83,12 @@ def test_cnnets_with_a_worker_process(images):
     assert fs.image.dtype == np.float32 and np.isfinite(fs.region).all()
     assert ((fs.boxes[:, 2:] > fs.boxes[:, :2]).all()) and (fs.boxes[0, 2:] <= [100, 50]).all()
     assert not model.training  # extraction runs in eval mode (BatchNorm statistics untouched)
+
+
+def test_device_side_normalisation_matches_the_eval_transform(images):
+    image = load_image(images[0].path)
+    resized, size = ResizeWithOriginalSize(48)(image)
+    assert resized.dtype == torch.uint8 and size.tolist() == [100, 50]
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    expected = build_transform(False, 48, mean, std, crop_pct=None)(image)
+    torch.testing.assert_close(normalize(resized[None], mean, std)[0], expected, atol=1e-5, rtol=1e-5)

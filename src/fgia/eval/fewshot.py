@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+
+from fgia.data import read_dataset, zero_shot_split
+from fgia.features.extract import extract_features
+from fgia.models import load_model
 
 
 @dataclass
@@ -17,6 +22,10 @@ class FewShotConfig:
     n_query: int = 15
     episodes: int = 600
     seed: int = 0
+    image_size: int = 224
+    batch_size: int = 64
+    workers: int = 0
+    device: str = "auto"
 
 
 def few_shot_episodes(features: np.ndarray, labels: np.ndarray, n_way: int = 5, k_shot: int = 1,
@@ -61,3 +70,26 @@ def few_shot_report(features: np.ndarray, labels: np.ndarray, cfg: FewShotConfig
                                                        cfg.seed)
         for k in shots
     }
+
+
+def few_shot_checkpoint(model_dir: str | os.PathLike, data: str | os.PathLike, cfg: FewShotConfig | None = None,
+                        shots: tuple[int, ...] = (1, 5), novel_only: bool = True,
+                        data_format: str = "auto") -> dict[str, tuple[float, float]]:
+    """`few_shot_report` in a saved model's embedding space on the dataset at `data`.
+
+    With `novel_only`, episodes use the second half of the classes (the zero-shot split's unseen species).
+    """
+    cfg = cfg or FewShotConfig()
+    model, _ = load_model(model_dir, device=cfg.device)
+    dataset = read_dataset(data, data_format)
+    if novel_only:
+        dataset = zero_shot_split(dataset)[1]
+    feats = extract_features(model, dataset.samples, image_size=cfg.image_size, regions=False,
+                             batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device)
+    return few_shot_report(feats.image, np.asarray(dataset.labels)[feats.index], cfg, shots)
+
+
+def format_few_shot(report: dict[str, tuple[float, float]]) -> str:
+    """Markdown lines "| 5-way 1-shot | 0.812 ± 0.016 |"."""
+    lines = ["| episode | accuracy (95% CI) |", "|---|---|"]
+    return "\n".join(lines + [f"| {name} | {mean:.3f} ± {ci:.3f} |" for name, (mean, ci) in report.items()]) + "\n"

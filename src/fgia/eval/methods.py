@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ import fgia.models.encoders  # noqa: F401  (registers "bilinear", "compact_bilin
 import fgia.train.metric_learning  # noqa: F401  (registers the metric-learning losses)
 from fgia.config import to_dict
 from fgia.data import DatasetError, official_split, zero_shot_split
-from fgia.data.samples import FineGrainedDataset
+from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.eval.classify import ClassifyConfig, evaluate_classification
 from fgia.eval.metrics import evaluate_retrieval
 from fgia.features.descriptors import (
@@ -172,7 +174,7 @@ class _Bench:
         top1 = train_seconds = None
         if mode is None:
             model, train_seconds = self.train(method)
-            aux, test, ms = self._timed(lambda samples: extract_features(model, samples, regions=False, **self.extract))
+            aux, test, ms = self._timed(partial(extract_features, model, regions=False, **self.extract))
             if method in CE_MODELS or self.cfg.loss_kwargs.get(method, {}).get("ce_weight", 0) > 0:
                 classify = ClassifyConfig(split=None, image_size=self.cfg.image_size,
                                           batch_size=self.cfg.batch_size, workers=self.cfg.workers,
@@ -186,7 +188,7 @@ class _Bench:
                 trunk = self.offtheshelf_trunk()
             descriptor = self._descriptor(kind, mode)
             fit_descriptor(descriptor, trunk, self.aux.samples, seed=self.cfg.seed, **self.extract)
-            aux, test, ms = self._timed(lambda samples: extract_descriptors(trunk, descriptor, samples, **self.extract))
+            aux, test, ms = self._timed(partial(extract_descriptors, trunk, descriptor, **self.extract))
         if self.cfg.whiten:
             features = fit_whitening(aux.image, self.cfg.pca_dim).transform(test.image)
         else:
@@ -206,7 +208,7 @@ class _Bench:
             options["dim"] = net.num_features
         return create_descriptor(name, **options)
 
-    def _timed(self, extract) -> tuple[FeatureSet, FeatureSet, float]:
+    def _timed(self, extract: Callable[[list[Sample]], FeatureSet]) -> tuple[FeatureSet | None, FeatureSet, float]:
         """Auxiliary and test features; ms per test image of the whole extraction (decode + forward)."""
         aux = extract(self.aux.samples) if self.cfg.whiten else None
         start = time.perf_counter()
@@ -215,7 +217,8 @@ class _Bench:
 
 
 def bench_methods(methods: list[str], train: FineGrainedDataset, test: FineGrainedDataset,
-                  cfg: MethodsConfig | None = None, on_result=None) -> list[MethodResult]:
+                  cfg: MethodsConfig | None = None,
+                  on_result: Callable[[MethodResult], None] | None = None) -> list[MethodResult]:
     """Evaluate each method on the split (train = auxiliary classes, test = retrieved classes); one row each.
 
     Method names are checked before anything runs; `on_result(row)` is called as each row completes.
@@ -237,7 +240,7 @@ def bench_methods(methods: list[str], train: FineGrainedDataset, test: FineGrain
 
 
 def bench_dataset(dataset: FineGrainedDataset, methods: list[str] | None = None, cfg: MethodsConfig | None = None,
-                  on_result=None) -> list[MethodResult]:
+                  on_result: Callable[[MethodResult], None] | None = None) -> list[MethodResult]:
     """`bench_methods` on the zero-shot split of `dataset` (first half of the classes trains, second is retrieved)."""
     train, test = zero_shot_split(dataset)
     return bench_methods(list(methods or DEFAULT_METHODS), train, test, cfg, on_result)

@@ -154,10 +154,9 @@ def _map_table(
 ) -> dict[str, dict[str, float]]:
     """mAP over the whole database per pipeline, per query meta-category and over all queries."""
     db_labels = engine.labels()
-    coarse_db = np.asarray(engine.store.array("coarse"))
     full_rankings = {  # single-stage rows rank the whole database exactly
         "Coarse full-d": (qf.coarse_full, engine.arrays["coarse_full"]),
-        f"Coarse {qf.coarse.shape[1]}-d": (qf.coarse, coarse_db),
+        f"Coarse {qf.coarse.shape[1]}-d": (qf.coarse, engine.arrays["coarse"]),
         "Single-stage GAP": baseline,
     }
     c2f_rankings: dict[str, Ranking] = {

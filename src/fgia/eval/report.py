@@ -18,14 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from fgia.data.images import load_image
 from fgia.runtime import atomic_write_text
 
 QE_ROWS = ("C-to-F full", "C-to-F full + QE")
-STAGES = ("coarse_feature", "coarse_search", "classifier", "fine_feature", "fine_search", "total")
 
 
 @dataclass
@@ -173,11 +172,10 @@ def write_report(report: OsfgirReport, out_dir: str | os.PathLike) -> dict[str, 
 
 
 def _img(path: str, size: int) -> str:
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        im.thumbnail((size, size))
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=80)
+    im = load_image(path)
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=80)
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(Path(path).name)}">'
 

@@ -129,6 +129,8 @@ class VectorIndex:
             config = from_dict(IndexConfig, header["config"])
             if device is not None:
                 config = replace(config, device=device)
+            if header["kind"] not in VectorIndex._kinds:
+                raise ValueError(f"{path}: unknown index kind {header['kind']!r} (written by a newer fgia?)")
             return VectorIndex._kinds[header["kind"]]._read_payload(header["dim"], config, f)
 
     def __repr__(self) -> str:

@@ -110,7 +110,7 @@ def build_index(
         store = FeatureStore.open(out, expected_fingerprint=fingerprint)
         meta = json.loads((out / ENGINE_FILE).read_text(encoding="utf-8"))
     else:
-        dims = {"coarse": system.coarse_pca.n_components, "coarse_full": _embedding_dim(system), "route": 1, "box": 4}
+        dims = {"coarse": system.coarse_pca.n_components, "coarse_full": int(system.coarse_pca.input_dim), "route": 1, "box": 4}
         dims |= {fine_name(n): system.fine_dim for n in system.model_names}
         store = FeatureStore.create(out, fingerprint, dims, indexes={"coarse": factory}, device=device)
         meta = {"system_dir": str(Path(system_dir).resolve()), "classes": []}
@@ -178,10 +178,6 @@ def _fingerprint(system: System) -> dict[str, Any]:
     }
 
 
-def _embedding_dim(system: System) -> int:
-    return int(system.coarse_pca.input_dim)
-
-
 class RetrievalEngine:
     """A loaded index + its system, answering queries with any pipeline (see `PIPELINES`)."""
 
@@ -191,7 +187,8 @@ class RetrievalEngine:
         self.classes = classes
         self.rows = store.rows()
         # The fine arrays are read on every query: hold them in memory rather than memory-mapped.
-        self.arrays = {name: np.ascontiguousarray(store.array(name)) for name in store.dims if name != "coarse"}
+        self.arrays = {name: np.array(store.array(name)) for name in store.dims}
+        self.coarse_index = store.index("coarse")  # its positions are image ids: the array covers every image
         self.top_k = system.config.resolve_top_k(len(store))
 
     @classmethod
@@ -223,7 +220,7 @@ class RetrievalEngine:
             "backbone": cfg.backbone,
             "image_size": cfg.image_size,
             "dims": self.store.dims,
-            "factory": self.store.index("coarse").factory,
+            "factory": self.coarse_index.factory,
             "top_k": self.top_k,
             "system": str(self.system.path),
             "fingerprint": self.system.fingerprint,
@@ -261,10 +258,9 @@ class RetrievalEngine:
     ) -> Ranking:
         """Rankings of a batch of queries; c2f pipelines return the K re-ranked candidates (K = `top_k` or the
         system's), "single" returns `top_k` (default K) hits by exact search on the stored array `feature`."""
+        _check_pipeline(pipeline, query_expansion)
         k = top_k or self.top_k
         if pipeline == "single":
-            if query_expansion:
-                raise ValueError("query expansion applies to the coarse-to-fine pipelines only")
             return self._single(qf, feature, k)
         candidates = self._coarse_search(qf.coarse, k)
         query, database, routes = self._fine_inputs(qf.fine, qf.route, pipeline)
@@ -280,7 +276,7 @@ class RetrievalEngine:
         return knn(queries[feature], self.arrays[feature], k)
 
     def _coarse_search_with_distances(self, coarse: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        sq, ids = self.store.search("coarse", coarse, k)
+        sq, ids = self.coarse_index.search(coarse, k)
         return np.sqrt(np.maximum(sq, 0)).astype(np.float32), ids
 
     def _coarse_search(self, coarse: np.ndarray, k: int) -> np.ndarray:
@@ -292,8 +288,6 @@ class RetrievalEngine:
         """(query fine features, database fine features, routes) of a c2f pipeline."""
         if pipeline == "c2f-unified":
             return fine[fine_name(UNIFIED)], self.arrays[fine_name(UNIFIED)], None
-        if pipeline not in ("c2f", "c2f-image"):
-            raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {PIPELINES}")
         names = [fine_name(c) for c in self.system.categories]
         query = np.stack([fine[names[r]][i] for i, r in enumerate(route)]) if len(route) else fine[names[0]][:0]
         database = [self.arrays[n] for n in names]
@@ -312,8 +306,7 @@ class RetrievalEngine:
         feature: str = "coarse",
     ) -> list[SearchResult]:
         """Answer each image in turn, timing every stage; returns the best `top_k` hits per image."""
-        if pipeline not in PIPELINES:
-            raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {PIPELINES}")
+        _check_pipeline(pipeline, query_expansion)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         return [self._search_one(im, top_k, pipeline, query_expansion, feature) for im in images]
@@ -367,6 +360,13 @@ class RetrievalEngine:
         with timer("fine_feature"):
             fs = self.system.extract_images(model, [image], regions=True)
             return {fine_name(model): self.system.fine(model, fs)}, fs
+
+
+def _check_pipeline(pipeline: str, query_expansion: bool) -> None:
+    if pipeline not in PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {PIPELINES}")
+    if pipeline == "single" and query_expansion:
+        raise ValueError("query expansion applies to the coarse-to-fine pipelines only")
 
 
 class _StageTimer:
