@@ -30,9 +30,9 @@ from fgia.runtime import atomic_write_text, pick_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_ANN = [
-    "IVF1024,PQ32,RFlat@nprobe=1,k_factor_rf=2;nprobe=2,k_factor_rf=2;nprobe=4,k_factor_rf=2;nprobe=4,k_factor_rf=4"
-    ";nprobe=8,k_factor_rf=4",
-    "HNSW32@efSearch=256;efSearch=512;efSearch=1024",
+    "IVF1024,PQ32,RFlat@nprobe=1,k_factor_rf=2;nprobe=2,k_factor_rf=3;nprobe=4,k_factor_rf=3;nprobe=4,k_factor_rf=4",
+    "IVF1024,PQ64x4fs,RFlat@nprobe=2,k_factor_rf=3;nprobe=4,k_factor_rf=3;nprobe=4,k_factor_rf=4",
+    "HNSW32@efSearch=256;efSearch=1024",
 ]
 
 

@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 
 from fgia.data import read_dataset, zero_shot_split
+from fgia.config import save_yaml
+from fgia.data.synthetic import SynthConfig
 from fgia.eval.methods import (
     MethodsConfig,
     bench_methods,
     holdout_split,
     methods_markdown,
     parse_method,
+    run_methods_bench,
     write_methods_table,
     zero_shot_scores,
 )
@@ -103,3 +106,15 @@ def test_bench_rejects_bad_requests(split):
         bench_methods(["gap-offtheshelf"], train, train, CFG)
     with pytest.raises(ValueError, match="holdout_every"):
         MethodsConfig(holdout_every=1)
+
+
+def test_run_methods_bench_generates_data_and_reads_yaml_config(tmp_path, capsys):
+    cfg = MethodsConfig(**{**CFG.__dict__, "synth": SynthConfig(categories=1, species_per_category=4,
+                                                                images_per_species=6, image_size=32)})
+    save_yaml(cfg, tmp_path / "methods.yaml")
+    rows = run_methods_bench(None, ["mac-offtheshelf"], tmp_path / "methods.yaml", tmp_path / "out" / "table.md")
+    assert (tmp_path / "out" / "methods-data" / "manifest.csv").is_file()
+    assert len(rows) == 1 and rows[0].method == "mac-offtheshelf"
+    saved = json.loads((tmp_path / "out" / "table.json").read_text())
+    assert saved["config"]["synth"]["images_per_species"] == 6 and saved["rows"][0]["mAP"] == rows[0].mAP
+    assert "| mac-offtheshelf |" in capsys.readouterr().out

@@ -54,6 +54,19 @@ def test_torch_and_faiss_flat_agree(data):
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4, atol=1e-3)
 
 
+def test_torch_fp16_matches_fp32_and_refuses_overflow(data):
+    db, q = data
+    scale = 1 / np.sqrt((db**2).sum(1).max())  # unit-bounded norms: fp16 distances stay finite
+    fp32, fp16 = (create_index(32, device="cpu", backend="torch", fp16=half) for half in (False, True))
+    for index in (fp32, fp16):
+        index.add(db * scale)
+    (d32, i32), (d16, i16) = fp32.search(q * scale, 10), fp16.search(q * scale, 10)
+    assert np.mean(i32[:, 0] == i16[:, 0]) >= 0.9
+    np.testing.assert_allclose(d16, d32, atol=2e-2)
+    with pytest.raises(ValueError, match="overflow fp16"):
+        fp16.add(db * 100)
+
+
 @pytest.mark.parametrize(
     "factory, params",
     [("HNSW16", "efSearch=64"), ("IVF16,PQ8,RFlat", "nprobe=16,k_factor_rf=8"), ("IVF16,Flat", "nprobe=4")],

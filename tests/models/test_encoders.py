@@ -93,3 +93,10 @@ def test_encoder_checkpoint_round_trip(tmp_path):
     loaded, _ = load_model(tmp_path)
     images = torch.rand(2, 3, 64, 64)
     assert torch.allclose(loaded(images).embedding, model(images).embedding, atol=1e-5)
+
+
+def test_pooling_runs_in_float32_under_bf16_autocast():
+    model = create_model("compact_bilinear", num_classes=2, backbone="resnet18", dim=32).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 64))
+    assert out.embedding.dtype == torch.float32 and torch.isfinite(out.logits).all()

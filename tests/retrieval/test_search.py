@@ -79,3 +79,14 @@ def test_query_expansion_pulls_in_a_match_near_the_top_hits():
     expanded = fine_stage(q, db, cand, qe_top=3)
     assert plain.ids[0, 0] == 3
     assert expanded.ids[0, :2].tolist() == [2, 1]
+
+
+def test_rerank_demotes_marked_candidates_after_the_others():
+    fine = np.array([[0.0], [1.0], [2.0], [3.0]], dtype=np.float32)
+    cand = np.array([[0, 1, 2, 3]])
+    demote = np.array([[True, False, True, False]])  # e.g. database images of another meta-category
+    r = rerank(np.array([[0.0]]), fine, cand, demote=demote)
+    assert r.ids[0].tolist() == [1, 3, 0, 2]
+    np.testing.assert_allclose(r.distances[0], [1, 3, 0, 2])
+    with pytest.raises(ValueError, match="demote must have"):
+        rerank(np.array([[0.0]]), fine, cand, demote=demote[:, :2])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -24,14 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import torch.nn as nn
 
 import fgia.models.attention  # noqa: F401  (registers "attention_crop")
 import fgia.models.encoders  # noqa: F401  (registers "bilinear", "compact_bilinear")
 import fgia.train.metric_learning  # noqa: F401  (registers the metric-learning losses)
-from fgia.config import to_dict
-from fgia.data import DatasetError, official_split, zero_shot_split
+from fgia.config import load_yaml, to_dict
+from fgia.data import DatasetError, official_split, read_dataset, zero_shot_split
 from fgia.data.samples import FineGrainedDataset, Sample
+from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.eval.classify import ClassifyConfig, evaluate_classification
 from fgia.eval.metrics import evaluate_retrieval
 from fgia.features.descriptors import (
@@ -80,6 +83,7 @@ class MethodsConfig:
                                  "cnnets": {"head_dim": 256}})
     loss_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     descriptor_kwargs: dict[str, dict[str, Any]] = field(default_factory=lambda: {"vlad": {"clusters": 8}})
+    synth: SynthConfig = field(default_factory=SynthConfig)  # the benchmark generated when no dataset is given
 
     def __post_init__(self) -> None:
         if self.holdout_every < 2:
@@ -266,3 +270,36 @@ def write_methods_table(rows: list[MethodResult], path: str | os.PathLike, cfg: 
     payload = {"config": to_dict(cfg), **(extra or {}), "rows": [asdict(r) for r in rows]}
     atomic_write_text(path.with_suffix(".json"), json.dumps(payload, indent=1))
     return path.with_suffix(".md")
+
+
+def run_methods_bench(data: str | os.PathLike | None = None, methods: list[str] | None = None,
+                      config: str | os.PathLike | MethodsConfig | None = None,
+                      out: str | os.PathLike = Path("fgia-out/methods.md")) -> list[MethodResult]:
+    """The `fgia bench methods` job: bench `methods` (default: all) on the zero-shot split of `data` (default:
+    the `cfg.synth` benchmark, generated beside `out` once); rewrites `out` (.md + .json) after every method
+    and prints each row, then the table. `config`: a MethodsConfig or its YAML file."""
+    cfg = config if isinstance(config, MethodsConfig) else (load_yaml(MethodsConfig, config) if config else
+                                                             MethodsConfig())
+    out = Path(out)
+    if data is None:
+        data = out.parent / "methods-data" / "manifest.csv"
+        if not data.is_file():
+            generate_benchmark(cfg.synth, data.parent, progress=False)
+        name = f"synthetic {cfg.synth.num_labelled} images"
+    else:
+        name = str(data)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and cfg.device != "cpu" else "CPU"
+    extra = {"dataset": f"{name}, zero-shot split",
+             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {device}"}
+    rows: list[MethodResult] = []
+    start = time.perf_counter()
+
+    def record(row: MethodResult) -> None:
+        rows.append(row)
+        print(f"{row.method}: dim {row.feature_dim}, {row.ms_per_image:.2f} ms/image, mAP {row.mAP:.3f}, "
+              f"R@1 {row.recall['R@1']:.3f}", flush=True)
+        write_methods_table(rows, out, cfg, {**extra, "seconds": round(time.perf_counter() - start)})
+
+    bench_dataset(read_dataset(data), methods, cfg, on_result=record)
+    print(methods_markdown(rows))
+    return rows

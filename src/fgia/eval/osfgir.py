@@ -35,7 +35,7 @@ from fgia.eval.metrics import evaluate_rankings, evaluate_retrieval
 from fgia.eval.report import Hit, OsfgirReport, QueryExample, print_report, write_report
 from fgia.features.extract import extract_features
 from fgia.models import create_model
-from fgia.retrieval.engine import ENGINE_FILE, STAGES, QueryFeatures, RetrievalEngine, build_index
+from fgia.retrieval.engine import ENGINE_FILE, STAGES, ImageFeatures, RetrievalEngine, build_index
 from fgia.retrieval.search import Ranking
 from fgia.retrieval.system import SystemConfig, coarse_accuracy_table, l2_normalize, load_aux_embeddings, train_system
 from fgia.runtime import pick_device, seed_everything
@@ -147,7 +147,7 @@ def run_osfgir(cfg: OsfgirConfig, progress: bool = True, console: Console | None
 
 def _map_table(
     engine: RetrievalEngine,
-    qf: QueryFeatures,
+    qf: ImageFeatures,
     labels: np.ndarray,
     categories: list[str],
     baseline: tuple[np.ndarray, np.ndarray],

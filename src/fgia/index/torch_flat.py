@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+# fp16 dot products overflow past 65504; bounding squared norms (hence |q.x|) by half that keeps them finite.
+FP16_MAX_SQ_NORM = 32768.0
 # 2**25 float32 distances = 128 MiB per block: large enough to keep a GPU busy, small enough for a laptop.
 DEFAULT_MAX_BLOCK = 2**25
 
@@ -48,8 +50,17 @@ class TorchFlatIndex:
     def ntotal(self) -> int:
         return self._db.shape[0] + sum(c.shape[0] for c in self._chunks)
 
+    def _to_device(self, x: np.ndarray, what: str) -> torch.Tensor:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.dtype == torch.float16 and len(x) and float(np.einsum("ij,ij->i", x, x).max()) > FP16_MAX_SQ_NORM:
+            raise ValueError(
+                f"{what} have squared norms above {FP16_MAX_SQ_NORM:g}, which overflow fp16 distances: "
+                "normalise the features or use fp32"
+            )
+        return torch.from_numpy(x).to(self.device, self.dtype)
+
     def add(self, x: np.ndarray) -> None:
-        self._chunks.append(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device, self.dtype))
+        self._chunks.append(self._to_device(x, "vectors"))
 
     def _consolidate(self) -> None:
         # Appends are gathered lazily so that many small add() calls do not copy the database each time.
@@ -74,7 +85,7 @@ class TorchFlatIndex:
         if kk == 0:
             return distances, ids
         for sl in query_batches(nq, n, batch_size):
-            q = torch.from_numpy(np.ascontiguousarray(queries[sl], dtype=np.float32)).to(self.device, self.dtype)
+            q = self._to_device(queries[sl], "queries")
             d, i = pairwise_sq_l2(q, self._db, self._sq_norms).topk(kk, dim=1, largest=False, sorted=True)
             distances[sl, :kk] = d.cpu().numpy()
             ids[sl, :kk] = i.cpu().numpy()

@@ -114,7 +114,10 @@ class PooledClassifier(nn.Module):
         return self.reduction(self.trunk(images))
 
     def forward(self, images: Tensor) -> ModelOutput:
-        embedding = self.pool(self.feature_map(images))
+        fmap = self.feature_map(images)
+        # outer products, FFTs and the signed sqrt need float32 (torch.fft has no bfloat16 kernels)
+        with torch.autocast(fmap.device.type, enabled=False):
+            embedding = self.pool(fmap.float())
         return ModelOutput(logits=self.classifier(self.dropout(embedding)), embedding=embedding)
 
 

@@ -7,7 +7,8 @@ class names). For every database image it holds, computed offline:
     coarse_full   the unified model's full embedding (L2-normalised), for the "Coarse full-d" comparison
     fine/<name>   [image, region] fine feature under "unified" and under EVERY category model, so whichever
                   model a query is routed to can re-rank any candidate
-    route         the meta-category the coarse classifier predicts for the image (index into categories)
+    route         the meta-category the coarse classifier predicts for the image (index into categories); the
+                  fine stage ranks candidates routed like the query before the others
     box           the discriminative region (x1, y1, x2, y2, original pixels) of the unified model
 
 The store's fingerprint holds the system fingerprint, so an index built by another system is refused.
@@ -68,14 +69,38 @@ class SearchResult:
 
 
 @dataclass
-class QueryFeatures:
-    """Every feature a pipeline may need for a batch of queries (rows = readable queries, see `index`)."""
+class ImageFeatures:
+    """Every stage's features of a batch of images (queries or database images).
+
+    Rows are the readable images; `index` gives their positions in the input (None for a single image).
+    `fine` maps store array names ("fine/<model>") to fine features; `boxes` are the unified model's regions.
+    """
 
     coarse: np.ndarray
     coarse_full: np.ndarray
     route: np.ndarray
     fine: dict[str, np.ndarray] = field(default_factory=dict)
     index: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+
+
+def image_features(system: System, samples: Sequence[Sample]) -> ImageFeatures:
+    """Features of dataset samples under every model of `system`; unreadable images are left out."""
+    feats = {name: system.extract(name, samples) for name in system.model_names}
+    # An image unreadable for one pass is dropped from all, so every array keeps one row per image.
+    readable = feats[UNIFIED].index
+    for fs in feats.values():
+        readable = np.intersect1d(readable, fs.index)
+    feats = {name: _rows(fs, readable) for name, fs in feats.items()}
+    full, coarse = system.coarse(feats[UNIFIED].image)
+    return ImageFeatures(
+        coarse=coarse,
+        coarse_full=full,
+        route=system.route(coarse),
+        fine={fine_name(n): system.fine(n, fs) for n, fs in feats.items()},
+        index=readable,
+        boxes=feats[UNIFIED].boxes,
+    )
 
 
 @dataclass
@@ -103,6 +128,8 @@ def build_index(
     existing index is an error. Unreadable images are skipped and counted. Writes are committed per chunk of
     `chunk_size` images, so an interruption keeps every committed chunk.
     """
+    if not len(database):
+        raise ValueError(f"database {database.name!r} has no images to index")
     system = load_system(system_dir, device)
     out = Path(index_dir)
     fingerprint = _fingerprint(system)
@@ -115,8 +142,6 @@ def build_index(
         store = FeatureStore.create(out, fingerprint, dims, indexes={"coarse": factory}, device=device)
         meta = {"system_dir": str(Path(system_dir).resolve()), "classes": []}
     classes: list[str] = meta["classes"]
-    if not len(database):
-        raise ValueError(f"database {database.name!r} has no images to index")
     added = skipped = 0
     for start in range(0, len(database), chunk_size):
         samples = database.samples[start : start + chunk_size]
@@ -134,31 +159,22 @@ def _database_features(
     system: System, samples: Sequence[Sample], source_classes: list[str], classes: list[str]
 ) -> tuple[list[StoreRow], dict[str, np.ndarray], int]:
     """Rows and arrays for the readable `samples`; extends `classes` with new class names (in place)."""
-    feats = {name: system.extract(name, samples) for name in system.model_names}
-    # An image unreadable for one pass is dropped from all, so every array keeps one row per stored image.
-    readable = feats[UNIFIED].index
-    for fs in feats.values():
-        readable = np.intersect1d(readable, fs.index)
-    feats = {name: _rows(fs, readable) for name, fs in feats.items()}
-    full, coarse = system.coarse(feats[UNIFIED].image)
-    arrays = {
-        "coarse": coarse,
-        "coarse_full": full,
-        "route": system.route(coarse)[:, None].astype(np.float32),
-        "box": feats[UNIFIED].boxes,
-    }
-    arrays |= {fine_name(n): system.fine(n, fs) for n, fs in feats.items()}
+    f = image_features(system, samples)
+    arrays = {"coarse": f.coarse, "coarse_full": f.coarse_full, "route": f.route[:, None].astype(np.float32),
+              "box": f.boxes, **f.fine}
+    position = {name: i for i, name in enumerate(classes)}
     rows = []
-    for i in readable:
+    for i in f.index:
         s = samples[i]
         label = -1
         if s.label >= 0:
             name = source_classes[s.label]
-            if name not in classes:
+            if name not in position:
+                position[name] = len(classes)
                 classes.append(name)
-            label = classes.index(name)
+            label = position[name]
         rows.append(StoreRow(path=str(Path(s.path).resolve()), category=s.category or "", label=label))
-    return rows, arrays, len(samples) - len(readable)
+    return rows, arrays, len(samples) - len(f.index)
 
 
 def _rows(fs: FeatureSet, keep: np.ndarray) -> FeatureSet:
@@ -237,20 +253,13 @@ class RetrievalEngine:
         return np.array([r.label for r in self.rows], dtype=np.int64)
 
     # Batched path (evaluation) ---------------------------------------------------------------------------
-    def query_features(self, samples: Sequence[Sample]) -> QueryFeatures:
+    def query_features(self, samples: Sequence[Sample]) -> ImageFeatures:
         """Features of dataset samples under every model at once (unreadable ones skipped, see `.index`)."""
-        feats = {name: self.system.extract(name, samples) for name in self.system.model_names}
-        readable = feats[UNIFIED].index
-        for fs in feats.values():
-            readable = np.intersect1d(readable, fs.index)
-        feats = {name: _rows(fs, readable) for name, fs in feats.items()}
-        full, coarse = self.system.coarse(feats[UNIFIED].image)
-        fine = {fine_name(n): self.system.fine(n, fs) for n, fs in feats.items()}
-        return QueryFeatures(coarse=coarse, coarse_full=full, route=self.system.route(coarse), fine=fine, index=readable)
+        return image_features(self.system, samples)
 
     def rank(
         self,
-        qf: QueryFeatures,
+        qf: ImageFeatures,
         pipeline: str = "c2f",
         query_expansion: bool = False,
         top_k: int | None = None,
@@ -263,10 +272,19 @@ class RetrievalEngine:
         if pipeline == "single":
             return self._single(qf, feature, k)
         candidates = self._coarse_search(qf.coarse, k)
-        query, database, routes = self._fine_inputs(qf.fine, qf.route, pipeline)
-        return fine_stage(query, database, candidates, routes, self.system.config.qe_top if query_expansion else 0)
+        return self._fine_search(qf.fine, qf.route, candidates, pipeline, query_expansion)
 
-    def _single(self, qf: QueryFeatures, feature: str, k: int) -> Ranking:
+    def _fine_search(
+        self, fine: dict[str, np.ndarray], route: np.ndarray, candidates: np.ndarray, pipeline: str, qe: bool
+    ) -> Ranking:
+        """Re-rank the coarse candidates: those of the query's predicted meta-category first, each by fine
+        distance (with query expansion when `qe`)."""
+        query, database, routes = self._fine_inputs(fine, route, pipeline)
+        other_category = self.arrays["route"][np.maximum(candidates, 0), 0] != route[:, None]
+        qe_top = self.system.config.qe_top if qe else 0
+        return fine_stage(query, database, candidates, routes, qe_top, demote=other_category & (candidates >= 0))
+
+    def _single(self, qf: ImageFeatures, feature: str, k: int) -> Ranking:
         if feature == "coarse":
             distances, ids = self._coarse_search_with_distances(qf.coarse, k)
             return Ranking(ids=ids, distances=distances)
@@ -325,16 +343,14 @@ class RetrievalEngine:
             fine_model = feature.removeprefix("fine/") if feature.startswith("fine/") else None
             fine, fs = self._query_fine(fine_model, image, timer)
             with timer("coarse_search"):
-                qf = QueryFeatures(coarse=coarse, coarse_full=full, route=route, fine=fine)
+                qf = ImageFeatures(coarse=coarse, coarse_full=full, route=route, fine=fine)
                 ranking = self.rank(qf, "single", top_k=top_k, feature=feature)
         else:
             with timer("coarse_search"):
                 candidates = self._coarse_search(coarse, self.top_k)
             fine, fs = self._query_fine(UNIFIED if pipeline == "c2f-unified" else category, image, timer)
             with timer("fine_search"):
-                query, database, routes = self._fine_inputs(fine, route, pipeline)
-                qe = self.system.config.qe_top if query_expansion else 0
-                ranking = fine_stage(query, database, candidates, routes, qe)
+                ranking = self._fine_search(fine, route, candidates, pipeline, query_expansion)
         timer.finish()
         ids, dist = ranking.row(0)
         ids, dist = ids[:top_k], dist[:top_k]

@@ -76,12 +76,15 @@ def rerank(
     candidates: np.ndarray,
     routes: np.ndarray | None = None,
     k: int | None = None,
+    demote: np.ndarray | None = None,
 ) -> Ranking:
     """Re-rank each query's `candidates` (Q, K) row ids by Euclidean distance on the fine features.
 
     With one (n, d) `database`, every query uses it; with a sequence of them, query i uses
-    `database[routes[i]]` (the category-specific model the coarse classifier picked). Ties keep the
-    candidate order. Returns the best `k` (default: all K) per query.
+    `database[routes[i]]` (the category-specific model the coarse classifier picked). Candidates marked in
+    `demote` (Q, K) are ranked after all the others (each group by distance), e.g. database images of
+    another meta-category than the query's. Ties keep the candidate order. Returns the best `k`
+    (default: all K) per query.
     """
     cand = np.asarray(candidates, dtype=np.int64)
     if cand.ndim != 2 or len(cand) != len(queries):
@@ -101,7 +104,15 @@ def rerank(
         c = np.where(valid[rows], cand[rows], 0)
         diff = db[c] - q[rows, None, :]
         dist[rows] = np.where(valid[rows], np.sqrt(np.einsum("qkd,qkd->qk", diff, diff)), np.inf)
+    if demote is not None:
+        demote = np.asarray(demote, dtype=bool)
+        if demote.shape != cand.shape:
+            raise ValueError(f"demote must have the candidates' shape {cand.shape}, got {demote.shape}")
     order = np.argsort(dist, axis=1, kind="stable")
+    if demote is not None:
+        # A stable sort on the flags, taken in distance order, moves demoted candidates last.
+        flags = np.take_along_axis(demote, order, axis=1)
+        order = np.take_along_axis(order, np.argsort(flags, axis=1, kind="stable"), axis=1)
     ids = np.take_along_axis(np.where(valid, cand, -1), order, axis=1)
     out = Ranking(ids=ids, distances=np.take_along_axis(dist, order, axis=1))
     return out if k is None else _pad(out.ids[:, :k], out.distances[:, :k], k)
@@ -152,12 +163,13 @@ def fine_stage(
     candidates: np.ndarray,
     routes: np.ndarray | None = None,
     qe_top: int = 0,
+    demote: np.ndarray | None = None,
 ) -> Ranking:
     """The fine half of coarse-to-fine: re-rank `candidates`, optionally expand and re-rank again."""
-    ranking = rerank(fine_queries, fine_database, candidates, routes)
+    ranking = rerank(fine_queries, fine_database, candidates, routes, demote=demote)
     if qe_top:
         expanded = expand_queries(fine_queries, fine_database, ranking, qe_top, routes)
-        ranking = rerank(expanded, fine_database, candidates, routes)
+        ranking = rerank(expanded, fine_database, candidates, routes, demote=demote)
     return ranking
 
 
