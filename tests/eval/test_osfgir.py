@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from rich.console import Console
 
-from fgia.config import load_yaml
-from fgia.data import FineGrainedDataset, OsfgirConfig as SplitConfig, Sample
-from fgia.eval.osfgir import OsfgirConfig, default_config, run_osfgir, split_by_category
-from fgia.retrieval.engine import STAGES
+from fgia.config import load_yaml, save_yaml
+from fgia.data import FineGrainedDataset, OsfgirSplit, Sample
+from fgia.data import OsfgirConfig as SplitConfig
+from fgia.eval.osfgir import OsfgirConfig, default_config, evaluate_osfgir, run_osfgir, split_by_category
+from fgia.retrieval.engine import STAGES, RetrievalEngine
 from fgia.retrieval.system import SystemConfig
 
 ROWS = [
@@ -58,9 +60,12 @@ def test_run_writes_reports_and_resolved_config(run):
     assert (out / "split" / "split.json").is_file() and (out / "index" / "engine.json").is_file()
 
 
-def test_packaged_demo_config_loads():
-    cfg = load_yaml(OsfgirConfig, default_config())
+@pytest.mark.parametrize("name", ["demo.yaml", "osfgir.yaml"])
+def test_packaged_configs_load(name):
+    cfg = load_yaml(OsfgirConfig, default_config(name))
     assert cfg.data is None and cfg.system.qe_top == 5 and cfg.system.coarse_dim == 32
+    with pytest.raises(FileNotFoundError, match="no packaged config"):
+        default_config("nope.yaml")
 
 
 def test_split_by_category_needs_categories(tmp_path):
@@ -69,3 +74,27 @@ def test_split_by_category_needs_categories(tmp_path):
     assert list(per_category) == ["birds"] and len(distractors) == 1
     with pytest.raises(ValueError, match="no meta-category"):
         split_by_category(FineGrainedDataset("d", tmp_path, ["sp"], [Sample(tmp_path / "a.jpg", 0)]))
+
+
+def test_coarse_row_matches_a_hand_computed_map(run):
+    cfg, report = run
+    engine = RetrievalEngine.load(cfg.out_dir / "index", device="cpu")
+    queries = OsfgirSplit.load(cfg.out_dir / "split").queries
+    qf = engine.query_features(queries.samples)
+    db, db_labels = engine.arrays["coarse_full"], engine.labels()
+    aps = []
+    for q, label in zip(qf.coarse_full, np.array(queries.labels)[qf.index]):
+        relevant = db_labels[np.argsort(((db - q) ** 2).sum(1), kind="stable")] == label
+        ranks = np.flatnonzero(relevant) + 1
+        aps.append(np.mean(np.arange(1, len(ranks) + 1) / ranks))
+    assert report.map_rows["Coarse full-d"]["all"] == pytest.approx(np.mean(aps), abs=1e-4)
+
+
+def test_evaluate_osfgir_runs_a_config_file_and_prints_tables(run, tmp_path):
+    cfg, report = run
+    save_yaml(cfg, tmp_path / "cfg.yaml")
+    console = Console(record=True, width=120)
+    again = evaluate_osfgir(config=tmp_path / "cfg.yaml", out_dir=tmp_path / "out", progress=False, console=console)
+    text = console.export_text()
+    assert "Table 5: retrieval mAP" in text and "Table 6" in text and str(tmp_path / "out" / "report.html") in text
+    assert again.map_rows == report.map_rows  # same config and seed: the same numbers

@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from fgia.data import load_image
+from fgia.data import ImageLoadError, load_image
 from fgia.index import IndexMismatchError
-from fgia.retrieval.engine import STAGES, RetrievalEngine, build_index
+from fgia.retrieval.engine import STAGES, RetrievalEngine, build_index, search_files
 from fgia.retrieval.system import CLASSIFIER_FILE, CoarseClassifier
 
 
@@ -40,7 +40,15 @@ def test_a_database_image_finds_itself_first(built, engine, pipeline):
     [result] = engine.search([load_image(sample.path)], top_k=5, pipeline=pipeline)
     assert result.ids[0] == own_id
     assert result.distances[0] == pytest.approx(0.0, abs=1e-3)
-    assert result.distances == sorted(result.distances) and len(result.ids) == 5
+    assert len(result.ids) == 5
+    # c2f ranks candidates routed like the query first, each group by distance; single-stage by distance only.
+    other = engine.arrays["route"][result.ids, 0] != engine.system.categories.index(result.category)
+    if pipeline == "single":
+        other[:] = False
+    assert other.tolist() == sorted(other.tolist())
+    for group in (~other, other):
+        d = np.array(result.distances)[group]
+        assert (np.diff(d) >= 0).all()
     assert result.paths[0] == str(sample.path.resolve())
     assert result.labels[0] == built.split.database.classes[sample.label]
 
@@ -107,3 +115,13 @@ def test_append_equals_building_at_once(built, engine, tmp_path):
     assert appended.classes and set(appended.classes) == set(engine.classes)
     image = load_image(built.split.queries.samples[0].path)
     assert appended.search([image])[0].paths == engine.search([image])[0].paths
+
+
+def test_search_files_reads_paths_and_reports_bad_ones(built, tmp_path):
+    path = built.split.queries.samples[0].path
+    [result] = search_files(built.index_dir, [path], top_k=4, device="cpu")
+    assert len(result.ids) == 4
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ImageLoadError):
+        search_files(built.index_dir, [bad], device="cpu")

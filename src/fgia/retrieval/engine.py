@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fgia.data.images import load_image
 from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.features.extract import FeatureSet
 from fgia.index import FeatureStore, IndexMismatchError, StoreRow
@@ -376,6 +377,19 @@ class RetrievalEngine:
         with timer("fine_feature"):
             fs = self.system.extract_images(model, [image], regions=True)
             return {fine_name(model): self.system.fine(model, fs)}, fs
+
+
+def search_files(
+    index_dir: str | os.PathLike,
+    images: Sequence[str | os.PathLike],
+    top_k: int = 10,
+    pipeline: str = "c2f",
+    query_expansion: bool = False,
+    device: str = "auto",
+) -> list[SearchResult]:
+    """`fgia search`: load the index and answer each image file (an unreadable file raises ImageLoadError)."""
+    engine = RetrievalEngine.load(index_dir, device=device)
+    return engine.search([load_image(p) for p in images], top_k, pipeline, query_expansion)
 
 
 def _check_pipeline(pipeline: str, query_expansion: bool) -> None:
