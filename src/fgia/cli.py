@@ -98,7 +98,7 @@ def synth(
 def train(
     data: Path = typer.Argument(..., help="auxiliary set: dataset folder or manifest (samples need a category)"),
     out: Path = typer.Option(DEFAULT_OUT / "system", help="system folder to write"),
-    config: Path | None = typer.Option(None, help="SystemConfig YAML (e.g. configs/demo.yaml)"),
+    config: Path | None = typer.Option(None, help="SystemConfig YAML, or a run config with a `system:` section"),
     backbone: str | None = typer.Option(None, help="timm backbone name"),
     weights: str | None = typer.Option(None, help="'hub', a .pth/.safetensors file, or efficientnet-lite0/1/2"),
     epochs: int | None = typer.Option(None),
@@ -119,12 +119,18 @@ def train(
 
 
 def _system_config(path: Path | None, **overrides):
-    from fgia.config import from_dict, load_yaml
+    """A SystemConfig from YAML (a whole run config such as configs/demo.yaml gives its `system:` section)."""
+    import yaml
+
+    from fgia.config import from_dict
     from fgia.retrieval.system import SystemConfig
 
+    data = {}
     if path is not None:
-        return load_yaml(SystemConfig, path, **overrides)
-    return from_dict(SystemConfig, {k: v for k, v in overrides.items() if v is not None})
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = data.get("system", data)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(SystemConfig, data)
 
 
 # ----------------------------------------------------------------------------------------------- index
@@ -140,8 +146,9 @@ def index(
     from fgia.data import read_dataset
     from fgia.retrieval.engine import build_index
 
-    index_dir = build_index(system, read_dataset(data), out, append=append, factory=factory)
-    console.print(f"index written to {index_dir}")
+    result = build_index(system, read_dataset(data), out, append=append, factory=factory)
+    console.print(f"index {result.index_dir}: added {result.added} images ({result.skipped} unreadable skipped), "
+                  f"{result.total} in total")
 
 
 # ----------------------------------------------------------------------------------------------- search
@@ -150,7 +157,7 @@ def search(
     index_dir: Path = typer.Argument(..., help="index folder written by `fgia index`"),
     images: list[Path] = typer.Argument(..., help="query image(s)"),
     top_k: int = typer.Option(10, help="results per query"),
-    pipeline: str = typer.Option("c2f", help="c2f (coarse-to-fine), c2f-unified, or single"),
+    pipeline: str = typer.Option("c2f", help="c2f (coarse-to-fine), c2f-image, c2f-unified, or single"),
     qe: bool = typer.Option(False, "--qe", help="query expansion"),
     json_out: Path | None = typer.Option(None, "--json", help="write the ranked lists as JSON here"),
     device: str = typer.Option("auto"),
@@ -180,22 +187,27 @@ def search(
 # ----------------------------------------------------------------------------------------------- eval
 @app.command("eval")
 def evaluate(
-    task: str = typer.Option("osfgir", help="osfgir (the full protocol) or classify"),
+    task: str = typer.Option("osfgir", help="osfgir (the full protocol), classify, or fewshot"),
     config: Path | None = typer.Option(None, help="OsfgirConfig YAML (osfgir task)"),
     data: Path | None = typer.Option(None, help="dataset folder/manifest (default: the synthetic benchmark)"),
-    model: Path | None = typer.Option(None, help="model folder (classify task)"),
+    model: Path | None = typer.Option(None, help="model folder (classify and fewshot tasks)"),
     out: Path = typer.Option(DEFAULT_OUT / "eval", help="report folder"),
 ) -> None:
     """Run an evaluation protocol and write a Markdown + JSON report."""
-    if task == "classify":
-        from fgia.eval.classify import classify_checkpoint, format_classification
-
+    if task in ("classify", "fewshot"):
         if model is None or data is None:
-            raise typer.BadParameter("--task classify needs --model and --data")
-        console.print(format_classification(classify_checkpoint(model, data)))
+            raise typer.BadParameter(f"--task {task} needs --model and --data")
+        if task == "classify":
+            from fgia.eval.classify import classify_checkpoint, format_classification
+
+            console.print(format_classification(classify_checkpoint(model, data)))
+        else:
+            from fgia.eval.fewshot import few_shot_checkpoint, format_few_shot
+
+            console.print(format_few_shot(few_shot_checkpoint(model, data)))
         return
     if task != "osfgir":
-        raise typer.BadParameter(f"unknown task {task!r}: use osfgir or classify")
+        raise typer.BadParameter(f"unknown task {task!r}: use osfgir, classify or fewshot")
     from fgia.eval.osfgir import evaluate_osfgir
 
     evaluate_osfgir(config=config, data=data, out_dir=out)

@@ -74,3 +74,36 @@ def test_console_script_is_installed():
     assert result.returncode == 0
     for command in ("datasets", "synth", "train", "index", "search", "eval", "serve", "bench", "demo"):
         assert command in result.stdout
+
+
+def test_train_index_search_round_trip(tiny_synth, tmp_path, monkeypatch, capsys):
+    """The user's path through the CLI: train a system on the labelled set, index it, search with a file."""
+    import yaml
+
+    from fgia.data import read_dataset
+
+    tiny = {"backbone": "test_efficientnet", "image_size": 48, "epochs": 1, "batch_size": 8, "head_dim": 16,
+            "coarse_dim": 4, "part_dim": 8, "top_k": 12, "classifier_dims": [2, 4, 0], "device": "cpu"}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"system": tiny}))
+    code, out, err = run_cli(monkeypatch, capsys, "train", str(tiny_synth), "--out", str(tmp_path / "system"),
+                             "--config", str(config))
+    assert code == 0, err
+    code, out, err = run_cli(monkeypatch, capsys, "index", str(tmp_path / "system"), str(tiny_synth),
+                             "--out", str(tmp_path / "index"))
+    assert code == 0, err
+    n_images = len(read_dataset(tiny_synth))
+    assert f"{n_images} in total" in out
+
+    query = read_dataset(tiny_synth).samples[5].path
+    code, out, err = run_cli(monkeypatch, capsys, "search", str(tmp_path / "index"), str(query), "--top-k", "3",
+                             "--json", str(tmp_path / "hits.json"), "--device", "cpu")
+    assert code == 0, err
+    hits = json.loads((tmp_path / "hits.json").read_text())
+    assert hits[0]["query"] == str(query)
+    assert hits[0]["paths"][0] == str(query)  # an indexed image finds itself first
+    assert hits[0]["distances"][0] == pytest.approx(0.0, abs=1e-4)
+
+    code, _, err = run_cli(monkeypatch, capsys, "index", str(tmp_path / "system"), str(tiny_synth),
+                           "--out", str(tmp_path / "index"), "--append")
+    assert code == 0, err

@@ -47,7 +47,7 @@ def test_shuffle_sampler_partitions_data_across_ranks():
     labels = list(range(10))
     seen = []
     for rank in range(2):
-        sampler = make_sampler(labels, DistContext(rank, 2, torch.device("cpu")), balanced=False, seed=0)
+        sampler = make_sampler(labels, DistContext(rank, 2, torch.device("cpu")), balanced=False, seed=0, batch_size=4)
         sampler.set_epoch(0)
         seen += list(sampler)
     assert sorted(seen) == labels

@@ -149,3 +149,20 @@ def test_bad_input_is_refused_with_a_clear_message(one_category, tiny_config):
         fit(tiny_config(), train.filter(lambda s: False), progress=False)
     with pytest.raises(KeyError, match="unknown loss"):
         fit(tiny_config(loss="nope"), train, progress=False)
+
+
+def test_pk_images_trains_on_p_by_k_batches(one_category, tiny_config):
+    from fgia.train.distributed import DistContext, PKSampler, make_sampler
+
+    labels = one_category.split("train").labels
+    ctx = DistContext(rank=0, world_size=1, device=torch.device("cpu"))
+    sampler = make_sampler(labels, ctx, balanced=False, seed=0, batch_size=8, pk_images=4)
+    assert isinstance(sampler, PKSampler)
+    batches = np.array(list(sampler)).reshape(-1, 8)
+    for batch in batches:  # 2 classes x 4 images in every batch
+        assert sorted(np.bincount(np.array(labels)[batch]).tolist())[-2:] == [4, 4]
+    fit(tiny_config(epochs=1, pk_images=4), one_category.split("train"), progress=False)
+    with pytest.raises(ValueError, match="pk_images"):
+        tiny_config(pk_images=3)
+    with pytest.raises(ValueError, match="balanced_sampling"):
+        tiny_config(pk_images=4, balanced_sampling=True)

@@ -70,6 +70,7 @@ class MethodsConfig:
     image_size: int = 64
     epochs: int = 3
     batch_size: int = 16
+    pk_images: int = 4
     lr: float = 0.01
     optimizer: str = "sgd"
     whiten: bool = True
@@ -160,6 +161,7 @@ class _Bench:
                                            **cfg.model_kwargs.get(model, {})},
                 image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                 optimizer=cfg.optimizer, warmup_epochs=min(1.0, cfg.epochs), loss=loss,
+                pk_images=cfg.pk_images if method in METRIC_LOSSES else 0,
                 loss_kwargs=cfg.loss_kwargs.get(loss, {}), seed=cfg.seed, workers=cfg.workers, device=cfg.device)
             start = time.perf_counter()
             result = fit(train_cfg, self.fit_set, None, progress=False)

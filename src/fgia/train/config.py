@@ -19,6 +19,7 @@ class TrainConfig:
     `amp`: "auto" = bf16 on CUDA and off on CPU; "bf16", "fp16" (with a gradient scaler) or "off".
     `loss` names a loss in `fgia.train.losses` (`register_loss`); `loss_kwargs` go to its factory.
     `mean`/`std`: input normalisation; None takes the model's own (its pretrained weights' statistics).
+    `pk_images` > 0: P x K batches (metric learning): batch_size / pk_images classes, pk_images images each.
     `resume`: continue from `out_dir/trainer_state.pt` when it exists (start fresh when it does not).
     """
 
@@ -38,6 +39,7 @@ class TrainConfig:
     loss: str = "ce"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     balanced_sampling: bool = False
+    pk_images: int = 0
     amp: str = "auto"
     channels_last: bool = True
     grad_clip: float = 0.0
@@ -64,5 +66,11 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.pk_images:
+            if self.balanced_sampling:
+                raise ValueError("choose one of balanced_sampling and pk_images (P x K batches are balanced already)")
+            if self.pk_images < 1 or self.batch_size % self.pk_images or self.batch_size // self.pk_images < 2:
+                raise ValueError(f"pk_images={self.pk_images} must divide batch_size={self.batch_size} into >= 2 "
+                                 "classes per batch")
         if self.resume and self.out_dir is None:
             raise ValueError("resume=True needs out_dir (where trainer_state.pt is)")

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
@@ -77,14 +78,62 @@ class BalancedSampler(Sampler[int]):
         return iter(draw[self.rank :: self.world_size].tolist())
 
 
-def make_sampler(labels: Sequence[int], ctx: DistContext, *, balanced: bool, seed: int) -> Sampler[int]:
-    """The training sampler: shuffled (DistributedSampler, also for one process) or class-balanced.
+def make_sampler(labels: Sequence[int], ctx: DistContext, *, balanced: bool, seed: int, batch_size: int,
+                 pk_images: int = 0) -> Sampler[int]:
+    """The training sampler: shuffled (DistributedSampler, also for one process), class-balanced, or P x K
+    batches (P = batch_size / pk_images classes, pk_images images each) when `pk_images` > 0.
 
-    Both reshuffle from (seed, epoch) via `set_epoch`, which makes resumed runs repeat uninterrupted ones.
+    All reshuffle from (seed, epoch) via `set_epoch`, which makes resumed runs repeat uninterrupted ones.
     """
+    if pk_images:
+        return PKSampler(labels, batch_size // pk_images, pk_images, ctx.rank, ctx.world_size, seed)
     if balanced:
         return BalancedSampler(labels, ctx.rank, ctx.world_size, seed)
     return DistributedSampler(labels, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+
+
+class PKSampler(Sampler[int]):
+    """Class-balanced P x K batches: P distinct classes, K images each (with replacement only when a class
+    has fewer than K), in consecutive runs of P*K indices; use it with batch_size = P*K and drop_last.
+
+    Unlike pytorch-metric-learning's MPerClassSampler (which draws from the global NumPy RNG), the draw
+    depends only on (seed, epoch) via `set_epoch`, as the trainer's samplers do; under DDP each rank takes
+    every world_size-th batch.
+    """
+
+    def __init__(self, labels: Sequence[int], p: int, k: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 batches: int | None = None):
+        labels = np.asarray(labels)
+        if p < 2 or k < 1:
+            raise ValueError(f"P x K sampling needs p >= 2 classes and k >= 1 images each, got p={p}, k={k}")
+        if np.any(labels < 0):
+            raise ValueError("P x K sampling needs labelled images only (found label -1)")
+        self.by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+        if len(self.by_class) < p:
+            raise ValueError(f"P x K sampling with p={p} needs at least {p} classes, "
+                             f"the data have {len(self.by_class)}")
+        self.p, self.k, self.rank, self.world_size, self.seed, self.epoch = p, k, rank, world_size, seed, 0
+        total = batches or max(1, len(labels) // (p * k))
+        self.batches = math.ceil(total / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches * self.p * self.k
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        out: list[int] = []
+        for batch in range(self.batches * self.world_size):
+            picked = [self._images(rng, c) for c in rng.choice(len(self.by_class), self.p, replace=False)]
+            if batch % self.world_size == self.rank:
+                out.extend(int(i) for chosen in picked for i in chosen)
+        return iter(out)
+
+    def _images(self, rng: np.random.Generator, cls: int) -> np.ndarray:
+        pool = self.by_class[cls]
+        return rng.choice(pool, self.k, replace=len(pool) < self.k)
 
 
 def all_reduce_sum(ctx: DistContext, values: Sequence[float]) -> list[float]:

@@ -7,21 +7,17 @@ Registered losses (set `TrainConfig.loss`, options in `TrainConfig.loss_kwargs`)
   "arcface"           ArcFaceLoss (margin in degrees, scale)
 Every one also takes `ce_weight` (default 0): add that much cross-entropy on the model's logits.
 Proxy and ArcFace weights are parameters of the loss module, so the trainer optimises and checkpoints them.
-`PKSampler` draws P classes x K images per batch.
+Train with P x K batches (`TrainConfig.pk_images`, `fgia.train.distributed.PKSampler`).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn as nn
 from pytorch_metric_learning import losses, miners
 from torch import Tensor
-from torch.utils.data import Sampler
 
 from fgia.models.output import ModelOutput
 from fgia.train.losses import HeadsCrossEntropy, LossFn, register_loss
@@ -109,47 +105,4 @@ def triplet(cfg: TrainConfig, model: nn.Module, margin: float = 0.1, type_of_tri
     miner = miners.TripletMarginMiner(margin=margin, type_of_triplets=type_of_triplets)
     return _metric_loss(cfg, losses.TripletMarginLoss(margin=margin), miner, ce_weight)
 
-
-class PKSampler(Sampler[int]):
-    """Class-balanced P x K batches: P distinct classes, K images each (with replacement only when a class
-    has fewer than K), in consecutive runs of P*K indices; use it with batch_size = P*K and drop_last.
-
-    Unlike pytorch-metric-learning's MPerClassSampler (which draws from the global NumPy RNG), the draw
-    depends only on (seed, epoch) via `set_epoch`, as the trainer's samplers do; under DDP each rank takes
-    every world_size-th batch.
-    """
-
-    def __init__(self, labels: Sequence[int], p: int, k: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 batches: int | None = None):
-        labels = np.asarray(labels)
-        if p < 2 or k < 1:
-            raise ValueError(f"P x K sampling needs p >= 2 classes and k >= 1 images each, got p={p}, k={k}")
-        if np.any(labels < 0):
-            raise ValueError("P x K sampling needs labelled images only (found label -1)")
-        self.by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-        if len(self.by_class) < p:
-            raise ValueError(f"P x K sampling with p={p} needs at least {p} classes, "
-                             f"the data have {len(self.by_class)}")
-        self.p, self.k, self.rank, self.world_size, self.seed, self.epoch = p, k, rank, world_size, seed, 0
-        total = batches or max(1, len(labels) // (p * k))
-        self.batches = math.ceil(total / world_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.batches * self.p * self.k
-
-    def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        out: list[int] = []
-        for batch in range(self.batches * self.world_size):
-            picked = [self._images(rng, c) for c in rng.choice(len(self.by_class), self.p, replace=False)]
-            if batch % self.world_size == self.rank:
-                out.extend(int(i) for chosen in picked for i in chosen)
-        return iter(out)
-
-    def _images(self, rng: np.random.Generator, cls: int) -> np.ndarray:
-        pool = self.by_class[cls]
-        return rng.choice(pool, self.k, replace=len(pool) < self.k)
 

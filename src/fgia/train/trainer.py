@@ -143,7 +143,8 @@ class _Trainer:
             raise TypeError(f"{type(sampler).__name__} has no set_epoch(epoch); fit needs it to reshuffle each "
                             "epoch reproducibly (and to resume)")
         if sampler is None:
-            sampler = make_sampler(train.labels, self.ctx, balanced=cfg.balanced_sampling, seed=cfg.seed)
+            sampler = make_sampler(train.labels, self.ctx, balanced=cfg.balanced_sampling, seed=cfg.seed,
+                                   batch_size=cfg.batch_size, pk_images=cfg.pk_images)
         self.sampler = sampler
         if len(self.sampler) < cfg.batch_size:
             raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(self.sampler)} training images each of "
