@@ -243,15 +243,16 @@ def bench_methods(
 
 @bench_app.command("real")
 def bench_real(
-    shared: Path = typer.Option(Path("../shared/data"), help="folder holding cub100/, stanford_cars/, flowers102_partial/"),
-    full: bool = typer.Option(False, "--full", help="all images at 224 px (meant for a GPU)"),
-    weights: str = typer.Option("efficientnet-lite0", help="ImageNet weights of the backbone"),
-    out: Path = typer.Option(Path("benchmarks/results"), help="report folder"),
+    shared: Path = typer.Option(Path("../shared/data"), help="folder with cub100/, stanford_cars/, flowers102_partial/"),
+    full: bool = typer.Option(False, "--full", help="all images at 224 px, configs/osfgir.yaml (meant for a GPU)"),
+    weights: str | None = typer.Option(None, help="backbone weights (default: the config's, efficientnet-lite0)"),
+    results: Path = typer.Option(Path("benchmarks/results"), help="where the Markdown + JSON tables go"),
+    work: Path = typer.Option(DEFAULT_OUT / "bench-real", help="where models, index and full report go"),
 ) -> None:
-    """The real-data OSFGIR benchmark: birds, cars and flowers (Tables 4, 6 and 7)."""
-    from fgia.eval.real import run_real_bench
+    """The real-data OSFGIR benchmark on birds, cars and flowers (Tables 4, 5, 6 and 7)."""
+    from fgia.eval.osfgir import run_real_bench
 
-    run_real_bench(shared, full=full, weights=weights, out_dir=out)
+    run_real_bench(shared, full=full, weights=weights, results_dir=results, work_dir=work)
 
 
 # ----------------------------------------------------------------------------------------------- demo

@@ -16,8 +16,8 @@ from fgia.retrieval.engine import STAGES, RetrievalEngine
 from fgia.retrieval.system import SystemConfig
 
 ROWS = [
-    "Coarse full-d", "Coarse 4-d", "Single-stage GAP", "C-to-F image-only", "C-to-F unified", "C-to-F full",
-    "C-to-F full + QE",
+    "Coarse full-d", "Coarse 4-d", "C-to-F image-only", "C-to-F unified", "C-to-F full",
+    "C-to-F full + QE", "Single-stage gap-offtheshelf", "Single-stage plain",
 ]
 
 
@@ -28,6 +28,7 @@ def run(tiny_synth, tmp_path_factory):
         split=SplitConfig(aux_fraction=0.5, queries_per_class=2),
         system=SystemConfig(backbone="test_efficientnet", image_size=48, epochs=1, batch_size=8, head_dim=16,
                             coarse_dim=4, part_dim=8, top_k=12, classifier_dims=(2, 0), device="cpu"),
+        baselines=["gap-offtheshelf", "plain"],
         timing_queries=3,
         examples=2,
         seed=3,
@@ -42,6 +43,11 @@ def test_report_has_every_table(run):
     for row in report.map_rows.values():
         assert set(row) == {"birds", "cars", "food", "all"}
         assert all(0.0 < v <= 1.0 for v in row.values())
+    assert [m["method"] for m in report.methods] == ROWS
+    for m in report.methods:
+        assert m["input_size"] == 48 and m["epochs"] == 1 and m["split_seed"] == 3 and m["backbone"]
+        assert m["dim"] > 0 and 0.0 <= m["R@1"] <= 1.0 and m["ms_per_query"] > 0
+        assert m["mAP"] == report.map_rows[m["method"]]["all"]
     assert list(report.classifier) == ["2", "full"]
     assert set(report.timings_ms) == set(STAGES)
     assert report.timings_ms["total"]["p50"] >= report.timings_ms["fine_feature"]["p50"] > 0

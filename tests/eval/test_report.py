@@ -27,6 +27,8 @@ def _report(tmp_path) -> OsfgirReport:
             "C-to-F full": {"birds": 0.5, "cars": 0.75, "all": 0.625},
             "C-to-F full + QE": {"birds": 0.625, "cars": 0.8125, "all": 0.71875},
         },
+        methods=[{"method": "C-to-F full + QE", "backbone": "resnet18", "weights": None, "input_size": 64,
+                  "epochs": 2, "split_seed": 0, "dim": 256, "mAP": 0.71875, "R@1": 0.75, "ms_per_query": 33.25}],
         classifier={"8": 0.5, "full": 1.0},
         timings_ms={"total": {"mean": 12.5, "p50": 11.0, "p90": 20.0}},
         examples=[
@@ -48,9 +50,8 @@ def test_write_report_contains_every_table(tmp_path):
     md = paths["markdown"].read_text()
     assert "| C-to-F full + QE | 0.6250 | 0.8125 | 0.7188 |" in md  # columns sorted, "all" last
     assert "| full | 1.0000 |" in md and "| total | 12.50 | 11.00 | 20.00 |" in md
-    # QE row lives in Table 7, not in Table 5.
-    table5 = md.split("## Table 5")[1].split("## Table 7")[0]
-    assert "+ QE" not in table5 and "Coarse 32-d" in table5
+    table7 = md.split("## Table 7")[1].split("## Table 4")[0]
+    assert "| C-to-F full + QE | 64 | 256 | 0.7188 | 0.7500 | 33.2 |" in table7
     assert json.loads(paths["json"].read_text())["map_rows"]["Coarse 32-d"]["cars"] == 0.5
     assert "seed: 7" in md and '"backbone": "resnet18"' in md
 
@@ -64,7 +65,7 @@ def test_html_embeds_thumbnails_and_marks_right_and_wrong(tmp_path):
 
 def test_print_report_prints_tables():
     console = Console(record=True, width=120)
-    report = OsfgirReport({}, 0, {}, {}, {"Coarse 32-d": {"all": 0.5}}, {"32": 0.9}, {})
+    report = OsfgirReport({}, 0, {}, {}, {"Coarse 32-d": {"all": 0.5}}, [], {"32": 0.9}, {})
     print_report(report, console)
     text = console.export_text()
     assert "Table 5" in text and "0.5000" in text and "0.9000" in text

@@ -18,7 +18,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -44,7 +44,7 @@ from fgia.features.descriptors import (
     fit_descriptor,
     fit_whitening,
 )
-from fgia.features.extract import FeatureSet, extract_features
+from fgia.features.extract import extract_features
 from fgia.models import create_network, create_trunk
 from fgia.runtime import atomic_write_text, seed_everything
 from fgia.train.config import TrainConfig
@@ -139,19 +139,37 @@ def zero_shot_scores(features: np.ndarray, labels: np.ndarray, device: str = "au
                               device=device)
 
 
-class _Bench:
-    """Shared state of one `bench_methods` run: the split, and trained models reused across methods."""
+@dataclass
+class Embedding:
+    """A method's features of one list of samples, post-processed (PCA-whitened or L2-normalised).
 
-    def __init__(self, train: FineGrainedDataset, test: FineGrainedDataset, cfg: MethodsConfig):
-        self.cfg, self.aux, self.test = cfg, train, test
-        self.fit_set, self.val_set = holdout_split(train, cfg.holdout_every)
+    `index`: which samples the rows belong to (unreadable ones are skipped); `ms_per_image`: the whole extraction
+    (decode + forward + pooling) per image; `top1` on the held-out auxiliary images for classifiers.
+    """
+
+    features: np.ndarray
+    index: np.ndarray
+    ms_per_image: float
+    top1: float | None = None
+    train_seconds: float | None = None
+
+
+class MethodEmbedder:
+    """Trains (once per method) and featurises any survey method with one auxiliary set.
+
+    Shared by `fgia bench methods` and the single-stage baselines of the OSFGIR protocol.
+    """
+
+    def __init__(self, auxiliary: FineGrainedDataset, cfg: MethodsConfig):
+        self.cfg, self.aux = cfg, auxiliary
+        self.fit_set, self.val_set = holdout_split(auxiliary, cfg.holdout_every)
         self.trained: dict[str, tuple[nn.Module, float]] = {}
         self._offtheshelf: nn.Module | None = None
         self.extract = {"image_size": cfg.image_size, "batch_size": cfg.batch_size, "workers": cfg.workers,
                         "device": cfg.device}
 
     def train(self, method: str) -> tuple[nn.Module, float]:
-        """The model of a trained method (trained once per run) and its training seconds."""
+        """The model of a trained method (trained once) and its training seconds."""
         if method not in self.trained:
             cfg = self.cfg
             model = "plain" if method in METRIC_LOSSES else method
@@ -175,12 +193,13 @@ class _Bench:
             self._offtheshelf = create_trunk(self.cfg.backbone, self.cfg.weights).eval()
         return self._offtheshelf
 
-    def run(self, method: str) -> MethodResult:
+    def embed(self, method: str, *sample_lists: Sequence[Sample]) -> list[Embedding]:
+        """The method's post-processed features of each list of samples (whitening fitted on the auxiliary set)."""
         kind, mode = parse_method(method)
         top1 = train_seconds = None
         if mode is None:
             model, train_seconds = self.train(method)
-            aux, test, ms = self._timed(partial(extract_features, model, regions=False, **self.extract))
+            extract = partial(extract_features, model, regions=False, **self.extract)
             if method in CE_MODELS or self.cfg.loss_kwargs.get(method, {}).get("ce_weight", 0) > 0:
                 classify = ClassifyConfig(split=None, image_size=self.cfg.image_size,
                                           batch_size=self.cfg.batch_size, workers=self.cfg.workers,
@@ -194,15 +213,19 @@ class _Bench:
                 trunk = self.offtheshelf_trunk()
             descriptor = self._descriptor(kind, mode)
             fit_descriptor(descriptor, trunk, self.aux.samples, seed=self.cfg.seed, **self.extract)
-            aux, test, ms = self._timed(partial(extract_descriptors, trunk, descriptor, **self.extract))
-        if self.cfg.whiten:
-            features = fit_whitening(aux.image, self.cfg.pca_dim).transform(test.image)
-        else:
-            features = test.image / np.maximum(np.linalg.norm(test.image, axis=1, keepdims=True), 1e-12)
-        labels = np.asarray(self.test.labels)[test.index]
-        scores = zero_shot_scores(features, labels, self.cfg.device)
-        return MethodResult(method, int(features.shape[1]), ms, top1, scores["mAP"], scores["mAP@R"],
-                            {f"R@{k}": scores[f"R@{k}"] for k in (1, 2, 4, 8)}, train_seconds)
+            extract = partial(extract_descriptors, trunk, descriptor, **self.extract)
+        whitening = fit_whitening(extract(self.aux.samples).image, self.cfg.pca_dim) if self.cfg.whiten else None
+        out = []
+        for samples in sample_lists:
+            start = time.perf_counter()
+            fs = extract(list(samples))
+            ms = 1000 * (time.perf_counter() - start) / max(1, len(fs))
+            if whitening is not None:
+                features = whitening.transform(fs.image)
+            else:
+                features = fs.image / np.maximum(np.linalg.norm(fs.image, axis=1, keepdims=True), 1e-12)
+            out.append(Embedding(features, fs.index, ms, top1, train_seconds))
+        return out
 
     def _descriptor(self, name: str, mode: str) -> nn.Module:
         options = dict(self.cfg.descriptor_kwargs.get(name, {}))
@@ -214,12 +237,14 @@ class _Bench:
             options["dim"] = net.num_features
         return create_descriptor(name, **options)
 
-    def _timed(self, extract: Callable[[list[Sample]], FeatureSet]) -> tuple[FeatureSet | None, FeatureSet, float]:
-        """Auxiliary and test features; ms per test image of the whole extraction (decode + forward)."""
-        aux = extract(self.aux.samples) if self.cfg.whiten else None
-        start = time.perf_counter()
-        test = extract(self.test.samples)
-        return aux, test, 1000 * (time.perf_counter() - start) / max(1, len(test))
+
+def _method_row(embedder: MethodEmbedder, test: FineGrainedDataset, method: str) -> MethodResult:
+    """One table row: the method's features of the retrieved classes, scored leave-one-out."""
+    [emb] = embedder.embed(method, test.samples)
+    labels = np.asarray(test.labels)[emb.index]
+    scores = zero_shot_scores(emb.features, labels, embedder.cfg.device)
+    return MethodResult(method, int(emb.features.shape[1]), emb.ms_per_image, emb.top1, scores["mAP"],
+                        scores["mAP@R"], {f"R@{k}": scores[f"R@{k}"] for k in (1, 2, 4, 8)}, emb.train_seconds)
 
 
 def bench_methods(methods: list[str], train: FineGrainedDataset, test: FineGrainedDataset,
@@ -236,10 +261,10 @@ def bench_methods(methods: list[str], train: FineGrainedDataset, test: FineGrain
         parse_method(method)
     if set(train.classes) & set(test.classes):
         raise ValueError("the auxiliary and test sets share classes; use a zero-shot (class-disjoint) split")
-    bench = _Bench(train, test, cfg)
+    embedder = MethodEmbedder(train, cfg)
     rows = []
     for method in methods:
-        rows.append(bench.run(method))
+        rows.append(_method_row(embedder, test, method))
         if on_result is not None:
             on_result(rows[-1])
     return rows

@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -31,14 +31,13 @@ from fgia.data import (
 from fgia.data import OsfgirConfig as SplitConfig
 from fgia.data.protocols import SHARED_COMPOSITE
 from fgia.data.synthetic import SynthConfig, generate_benchmark
+from fgia.eval.methods import MethodEmbedder, MethodsConfig
 from fgia.eval.metrics import evaluate_rankings, evaluate_retrieval
 from fgia.eval.report import Hit, OsfgirReport, QueryExample, print_report, write_report
-from fgia.features.extract import extract_features
-from fgia.models import create_model
 from fgia.retrieval.engine import ENGINE_FILE, STAGES, ImageFeatures, RetrievalEngine, build_index
-from fgia.retrieval.search import Ranking
-from fgia.retrieval.system import SystemConfig, coarse_accuracy_table, l2_normalize, load_aux_embeddings, train_system
-from fgia.runtime import pick_device, seed_everything
+from fgia.retrieval.search import Ranking, knn
+from fgia.retrieval.system import SystemConfig, coarse_accuracy_table, load_aux_embeddings, train_system
+from fgia.runtime import atomic_path, pick_device, seed_everything
 
 DEMO_CONFIG = "demo.yaml"
 OSFGIR_CONFIG = "osfgir.yaml"
@@ -51,8 +50,9 @@ class OsfgirConfig:
     Data: `data` is a dataset folder/manifest whose samples carry a meta-category (e.g. `fgia synth` output),
     or a folder laid out like the shared real-image composite (cub100/, stanford_cars/, flowers102_partial/);
     with no `data`, the synthetic benchmark `synth` is generated into `out_dir/data`. Unlabelled images of
-    the data (distractors) join the database. `baseline_weights` initialise the single-stage GAP baseline
-    (default: the system's `weights`). `timing_queries` single-query searches feed Table 6; the first
+    the data (distractors) join the database. `baselines` are single-stage methods on the same split and
+    backbone, named as in `fgia bench methods` ("gap-offtheshelf", "scda-offtheshelf", "plain" = the plain
+    backbone fine-tuned on AD, ...); `baseline_weights` initialise them (default: the system's `weights`). `timing_queries` single-query searches feed Table 6; the first
     `examples` of them go to the HTML report.
     """
 
@@ -61,6 +61,7 @@ class OsfgirConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
     factory: str = "Flat"
+    baselines: list[str] = field(default_factory=lambda: ["gap-offtheshelf"])
     baseline_weights: str | None = None
     timing_queries: int = 20
     examples: int = 4
@@ -125,19 +126,27 @@ def run_osfgir(cfg: OsfgirConfig, progress: bool = True, console: Console | None
     qf = engine.query_features(queries.samples)
     query_labels = np.array(queries.labels)[qf.index]
     query_categories = [queries.samples[i].category for i in qf.index]
-    map_rows = _map_table(engine, qf, query_labels, query_categories, _baseline_features(cfg, split, qf.index))
+    scores = _pipeline_scores(engine, qf, query_labels, query_categories)
+    console.log(f"single-stage baselines: {', '.join(cfg.baselines)}")
+    scores |= _baseline_scores(cfg, split, qf.index, query_labels, query_categories, engine.labels())
     aux_embedding, aux_targets = load_aux_embeddings(system_dir)
     targets = np.array([engine.system.categories.index(c) for c in query_categories])
     classifier = coarse_accuracy_table(aux_embedding, aux_targets, qf.coarse_full, targets,
                                        cfg.system.classifier_dims, cfg.seed)
-    readable = replace(queries, samples=[queries.samples[i] for i in qf.index])
-    timings, examples = _timed_queries(engine, readable, cfg.timing_queries, cfg.examples)
+    timings, examples = _timed_queries(engine, queries, cfg.timing_queries, cfg.examples)
+    latency = _pipeline_latency(engine, queries, cfg.timing_queries)
+    run_facts = {"backbone": cfg.system.backbone, "weights": cfg.system.weights, "input_size": cfg.system.image_size,
+                 "epochs": cfg.system.epochs, "split_seed": split.seed}
+    methods = [{"method": name, **run_facts, "dim": sc.dim, "mAP": sc.map["all"], "R@1": sc.r1,
+                "ms_per_query": sc.ms_per_query if sc.ms_per_query is not None else latency.get(name)}
+               for name, sc in scores.items()]
     report = OsfgirReport(
         config=to_dict(cfg),
         seed=cfg.seed,
         split=_split_summary(split),
         versions=_versions(cfg.system.device),
-        map_rows=map_rows,
+        map_rows={name: sc.map for name, sc in scores.items()},
+        methods=methods,
         classifier=classifier,
         timings_ms=timings,
         examples=examples,
@@ -147,47 +156,105 @@ def run_osfgir(cfg: OsfgirConfig, progress: bool = True, console: Console | None
     return report
 
 
-def _map_table(
-    engine: RetrievalEngine,
-    qf: ImageFeatures,
-    labels: np.ndarray,
-    categories: list[str],
-    baseline: tuple[np.ndarray, np.ndarray],
-) -> dict[str, dict[str, float]]:
-    """mAP over the whole database per pipeline, per query meta-category and over all queries."""
-    db_labels = engine.labels()
-    full_rankings = {  # single-stage rows rank the whole database exactly
-        "Coarse full-d": (qf.coarse_full, engine.arrays["coarse_full"]),
-        f"Coarse {qf.coarse.shape[1]}-d": (qf.coarse, engine.arrays["coarse"]),
-        "Single-stage GAP": baseline,
-    }
-    c2f_rankings: dict[str, Ranking] = {
-        "C-to-F image-only": engine.rank(qf, "c2f-image"),
-        "C-to-F unified": engine.rank(qf, "c2f-unified"),
-        "C-to-F full": engine.rank(qf, "c2f"),
-        "C-to-F full + QE": engine.rank(qf, "c2f", query_expansion=True),
-    }
+@dataclass
+class RowScores:
+    """One retrieval method's result: mAP per query meta-category (and "all"), R@1 over all queries, feature
+    dim, and ms per query when measured apart from the engine's single-query searches."""
+
+    map: dict[str, float]
+    r1: float
+    dim: int
+    ms_per_query: float | None = None
+
+
+ENGINE_ROWS = {  # report row -> (pipeline, query expansion, stored feature searched by "single")
+    "Coarse full-d": ("single", False, "coarse_full"),
+    "Coarse {coarse_dim}-d": ("single", False, "coarse"),
+    "C-to-F image-only": ("c2f-image", False, None),
+    "C-to-F unified": ("c2f-unified", False, None),
+    "C-to-F full": ("c2f", False, None),
+    "C-to-F full + QE": ("c2f", True, None),
+}
+
+
+def _row_name(template: str, engine: RetrievalEngine) -> str:
+    return template.format(coarse_dim=engine.system.coarse_pca.n_components)
+
+
+def _group_scores(ranked: Any, labels: np.ndarray, categories: list[str], db_labels: np.ndarray, dim: int,
+                  ms_per_query: float | None = None) -> RowScores:
+    """mAP per query meta-category and overall, R@1 overall. `ranked` is (query features, database features) for
+    an exact search of the whole database, or a Ranking of (possibly truncated) database ids."""
     cats = np.array(categories)
     groups = {c: cats == c for c in sorted(set(categories))} | {"all": np.ones(len(cats), bool)}
-    table: dict[str, dict[str, float]] = {}
-    for name, (q, db) in full_rankings.items():
-        table[name] = {g: evaluate_retrieval(q[m], labels[m], db, db_labels)["mAP"] for g, m in groups.items()}
-    for name, ranking in c2f_rankings.items():
-        table[name] = {g: evaluate_rankings(ranking.ids[m], labels[m], db_labels)["mAP"] for g, m in groups.items()}
-    return table
+
+    def score(mask: np.ndarray) -> dict[str, Any]:
+        if isinstance(ranked, Ranking):
+            return evaluate_rankings(ranked.ids[mask], labels[mask], db_labels, ks=(1,))
+        q, db = ranked
+        return evaluate_retrieval(q[mask], labels[mask], db, db_labels, ks=(1,))
+
+    per_group = {g: score(m) for g, m in groups.items()}
+    return RowScores({g: r["mAP"] for g, r in per_group.items()}, per_group["all"]["R@1"], dim, ms_per_query)
 
 
-def _baseline_features(cfg: OsfgirConfig, split: OsfgirSplit, query_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(query, database) GAP features of the off-the-shelf backbone the system starts from (not trained on AD)."""
+def _pipeline_scores(
+    engine: RetrievalEngine, qf: ImageFeatures, labels: np.ndarray, categories: list[str]
+) -> dict[str, RowScores]:
+    """Every engine pipeline's scores; single-stage rows rank the whole database exactly, coarse-to-fine rows
+    their re-ranked top-K (relevant images outside it count as never retrieved)."""
+    db_labels = engine.labels()
+    queries = {"coarse_full": qf.coarse_full, "coarse": qf.coarse}
+    out = {}
+    for template, (pipeline, qe, feature) in ENGINE_ROWS.items():
+        if pipeline == "single":
+            db = np.asarray(engine.store.array("coarse")) if feature == "coarse" else engine.arrays[feature]
+            ranked: Any = (queries[feature], db)
+            dim = db.shape[1]
+        else:
+            ranked = engine.rank(qf, pipeline, query_expansion=qe)
+            dim = engine.system.fine_dim // (2 if pipeline == "c2f-image" else 1)
+        out[_row_name(template, engine)] = _group_scores(ranked, labels, categories, db_labels, dim)
+    return out
+
+
+def _baseline_scores(
+    cfg: OsfgirConfig, split: OsfgirSplit, query_rows: np.ndarray, labels: np.ndarray, categories: list[str],
+    db_labels: np.ndarray,
+) -> dict[str, RowScores]:
+    """Single-stage baselines on the same split and backbone (see `OsfgirConfig.baselines`). ms per query =
+    feature extraction per image + exact search per query."""
     sc = cfg.system
-    weights = cfg.baseline_weights or sc.weights
-    model = create_model("plain", num_classes=1, backbone=sc.backbone, weights=weights)
-    options = {"image_size": sc.image_size, "regions": False, "device": sc.device, "workers": sc.workers}
-    db = extract_features(model, split.database.samples, **options)
-    if len(db) != len(split.database):
-        raise ValueError(f"{len(split.database) - len(db)} database image(s) became unreadable during the run")
-    q = extract_features(model, [split.queries.samples[i] for i in query_rows], **options)
-    return l2_normalize(q.image), l2_normalize(db.image)
+    methods_cfg = MethodsConfig(
+        backbone=sc.backbone, weights=cfg.baseline_weights or sc.weights, image_size=sc.image_size,
+        epochs=sc.epochs, batch_size=sc.batch_size, lr=sc.lr, whiten=False, seed=cfg.seed, device=sc.device,
+        workers=sc.workers, model_kwargs={},
+    )
+    embedder = MethodEmbedder(split.auxiliary, methods_cfg)
+    query_samples = [split.queries.samples[i] for i in query_rows]
+    out = {}
+    for method in cfg.baselines:
+        q, db = embedder.embed(method, query_samples, split.database.samples)
+        if len(q.index) != len(query_samples) or len(db.index) != len(split.database):
+            raise ValueError(f"{method}: images became unreadable during the run")
+        start = time.perf_counter()
+        knn(q.features, db.features, 10)
+        search_ms = 1000 * (time.perf_counter() - start) / max(1, len(q.index))
+        out[f"Single-stage {method}"] = _group_scores((q.features, db.features), labels, categories, db_labels,
+                                                      q.features.shape[1], q.ms_per_image + search_ms)
+    return out
+
+
+def _pipeline_latency(engine: RetrievalEngine, queries: FineGrainedDataset, n: int) -> dict[str, float]:
+    """p50 single-query latency (ms, every stage included) of each engine row, from real searches."""
+    images = [load_image(s.path) for s in queries.samples[:n]]
+    if not images:
+        return {}
+    out = {}
+    for template, (pipeline, qe, feature) in ENGINE_ROWS.items():
+        results = engine.search(images, pipeline=pipeline, query_expansion=qe, feature=feature or "coarse")
+        out[_row_name(template, engine)] = float(np.percentile([r.timings_ms["total"] for r in results], 50))
+    return out
 
 
 def _timed_queries(
@@ -277,3 +344,31 @@ def run_demo(
     """The `fgia demo` job: configs/demo.yaml (or `config`) on the synthetic benchmark, or on the real dataset
     folder `data` with the same CPU-sized settings; prints the tables and writes the MD/JSON/HTML reports."""
     return evaluate_osfgir(config or default_config(DEMO_CONFIG), data, out_dir, progress, console, **overrides)
+
+
+def run_real_bench(
+    shared: Path,
+    full: bool = False,
+    weights: str | None = None,
+    results_dir: Path = Path("benchmarks/results"),
+    work_dir: Path = Path("fgia-out/bench-real"),
+    progress: bool = True,
+    console: Console | None = None,
+) -> OsfgirReport:
+    """`fgia bench real`: the protocol on the shared birds/cars/flowers composite at `shared`, CPU-sized
+    (configs/real.yaml) or full size (`full`: configs/osfgir.yaml, meant for a GPU). Models and index go to
+    `work_dir`; the report is copied to `results_dir/real_<size>_<device>.{md,json}`."""
+    console = console or Console()
+    size = "full" if full else "reduced"
+    cfg = load_yaml(OsfgirConfig, default_config("osfgir.yaml" if full else "real.yaml"), data=shared,
+                    out_dir=Path(work_dir) / size)
+    if weights is not None:
+        cfg.system.weights = weights
+    report = run_osfgir(cfg, progress=progress, console=console)
+    print_report(report, console)
+    name = f"real_{size}_{pick_device(cfg.system.device).type}"
+    for suffix in (".md", ".json"):
+        with atomic_path(Path(results_dir) / f"{name}{suffix}") as tmp:
+            shutil.copyfile(Path(cfg.out_dir) / f"report{suffix}", tmp)
+    console.print(f"results: {Path(results_dir) / name}.md")
+    return report
