@@ -206,8 +206,14 @@ def test_health_and_stats_count_queries(client, solid):
     assert 0 < after["p50_ms"] <= after["p90_ms"] <= after["p99_ms"]
 
 
-def test_docs_and_openapi(client):
-    assert client.get("/docs").status_code == 200
+def test_docs_and_openapi_work_offline(client):
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assets = re.findall(r"""['"](/docs-assets/[^'"]+)['"]""", docs.text)
+    assert {"/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"} <= set(assets)
+    assert not re.search(r"https?://(?!127\.0\.0\.1)", docs.text.replace("http://www.w3.org", ""))
+    for url in assets:
+        assert client.get(url).status_code == 200
     schema = client.get("/openapi.json").json()
     assert {"/search", "/images/{id}", "/thumbs/{id}", "/health", "/stats"} <= set(schema["paths"])
 

@@ -11,8 +11,10 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -103,9 +105,18 @@ def create_app(engine: SearchEngine, cfg: ServeConfig | None = None) -> FastAPI:
         yield
         await batcher.stop()
 
-    app = FastAPI(title="fgia search", version="1", lifespan=lifespan,
+    app = FastAPI(title="fgia search", version="1", lifespan=lifespan, docs_url=None,
                   description="One-shot fine-grained instance retrieval: upload a photo, get the same species.")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # FastAPI's default /docs loads Swagger UI from a CDN; serve the bundled copy so the docs work offline.
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API docs",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
     def database_path(id: int) -> Path:
         try:
