@@ -16,6 +16,7 @@ Retrieval conventions (shared by every function here):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -231,7 +232,9 @@ def evaluate_retrieval(
     excl = _exclude_ids(exclude_ids, len(q), len(db))
     n_rel = _count_relevant(q_labels, d_labels, excl)
     dev = pick_device(device)
-    db_t = torch.from_numpy(np.ascontiguousarray(db, dtype=np.float32)).to(dev)
+    with warnings.catch_warnings():  # a read-only memory-mapped database is fine: torch only reads it
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        db_t = torch.from_numpy(np.ascontiguousarray(db, dtype=np.float32)).to(dev)
     db_norms = db_t.pow(2).sum(1)
     labels_t = torch.from_numpy(d_labels).to(dev)
     parts: list[dict[str, np.ndarray]] = []
