@@ -89,7 +89,8 @@ def tables(report: OsfgirReport) -> list[Grid]:
                     _num(m["ms_per_query"], 1)] for m in report.methods]
     return [
         map_grid("Table 5: retrieval mAP per meta-category", list(report.map_rows)),
-        ("Table 7: methods on one split and backbone", method_columns, method_rows),
+        ("Table 7: methods on one split and backbone (ms/query: pipelines = single-query p50 with every stage; "
+         "single-stage baselines = batched extraction per image + exact search)", method_columns, method_rows),
         (
             "Table 4: coarse classifier accuracy vs PCA dimension",
             ["dimension", "accuracy"],
