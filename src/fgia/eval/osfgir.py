@@ -133,8 +133,7 @@ def run_osfgir(cfg: OsfgirConfig, progress: bool = True, console: Console | None
     targets = np.array([engine.system.categories.index(c) for c in query_categories])
     classifier = coarse_accuracy_table(aux_embedding, aux_targets, qf.coarse_full, targets,
                                        cfg.system.classifier_dims, cfg.seed)
-    timings, examples = _timed_queries(engine, queries, cfg.timing_queries, cfg.examples)
-    latency = _pipeline_latency(engine, queries, cfg.timing_queries)
+    latency, timings, examples = _timed_queries(engine, queries, cfg.timing_queries, cfg.examples)
     run_facts = {"backbone": cfg.system.backbone, "weights": cfg.system.weights, "input_size": cfg.system.image_size,
                  "epochs": cfg.system.epochs, "split_seed": split.seed}
     methods = [{"method": name, **run_facts, "dim": sc.dim, "mAP": sc.map["all"], "R@1": sc.r1,
@@ -245,28 +244,23 @@ def _baseline_scores(
     return out
 
 
-def _pipeline_latency(engine: RetrievalEngine, queries: FineGrainedDataset, n: int) -> dict[str, float]:
-    """p50 single-query latency (ms, every stage included) of each engine row, from real searches."""
-    images = [load_image(s.path) for s in queries.samples[:n]]
-    if not images:
-        return {}
-    out = {}
-    for template, (pipeline, qe, feature) in ENGINE_ROWS.items():
-        results = engine.search(images, pipeline=pipeline, query_expansion=qe, feature=feature or "coarse")
-        out[_row_name(template, engine)] = float(np.percentile([r.timings_ms["total"] for r in results], 50))
-    return out
-
-
 def _timed_queries(
     engine: RetrievalEngine, queries: FineGrainedDataset, n: int, n_examples: int
-) -> tuple[dict[str, dict[str, float]], list[QueryExample]]:
-    """Table 6 from real single-query searches (full pipeline + QE), and the first few as HTML examples."""
+) -> tuple[dict[str, float], dict[str, dict[str, float]], list[QueryExample]]:
+    """Real single-query searches with every engine row: its p50 latency (ms, every stage included), Table 6
+    from the full pipeline + QE, and its first few queries as HTML examples."""
     samples = queries.samples[: max(n, n_examples)]
     if not samples:
-        return {}, []
+        return {}, {}, []
     images = [load_image(s.path) for s in samples]
     engine.search(images[:1], pipeline="c2f", query_expansion=True)  # warm-up: first-call allocations
-    results = engine.search(images, top_k=10, pipeline="c2f", query_expansion=True)
+    runs = {
+        _row_name(template, engine): engine.search(images, top_k=10, pipeline=pipeline, query_expansion=qe,
+                                                   feature=feature or "coarse")
+        for template, (pipeline, qe, feature) in ENGINE_ROWS.items()
+    }
+    latency = {name: float(np.percentile([r.timings_ms["total"] for r in rs[:n]], 50)) for name, rs in runs.items()}
+    results = runs["C-to-F full + QE"]
     per_stage = {st: np.array([r.timings_ms[st] for r in results[:n]]) for st in STAGES}
     timings = {
         st: {"mean": float(v.mean()), "p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90))}
@@ -279,7 +273,7 @@ def _timed_queries(
         labels = r.labels or [None] * len(r.ids)
         hits = [Hit(path=p, distance=d, correct=lab == name) for p, d, lab in zip(r.paths, r.distances, labels)]
         examples.append(QueryExample(str(s.path), name, s.category or "", r.category, hits))
-    return timings, examples
+    return latency, timings, examples
 
 
 def _split_summary(split: OsfgirSplit) -> dict[str, Any]:
