@@ -10,6 +10,7 @@ from scipy import stats
 
 from fgia.data import read_dataset, zero_shot_split
 from fgia.features.extract import extract_features
+from fgia.features.pca import l2_normalize
 from fgia.models import load_model
 
 
@@ -43,7 +44,7 @@ def few_shot_episodes(features: np.ndarray, labels: np.ndarray, n_way: int = 5, 
     if min(n_way, k_shot, n_query, episodes) < 1 or n_way < 2:
         raise ValueError(f"need n_way >= 2 and k_shot, n_query, episodes >= 1; got {n_way}, {k_shot}, "
                          f"{n_query}, {episodes}")
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = l2_normalize(x)
     by_class = [np.flatnonzero(y == c) for c in np.unique(y[y >= 0])]
     usable = [idx for idx in by_class if len(idx) >= k_shot + n_query]
     if len(usable) < n_way:

@@ -45,6 +45,7 @@ from fgia.features.descriptors import (
     fit_whitening,
 )
 from fgia.features.extract import extract_features
+from fgia.features.pca import l2_normalize
 from fgia.models import create_network, create_trunk
 from fgia.runtime import atomic_write_text, seed_everything
 from fgia.train.config import TrainConfig
@@ -223,7 +224,7 @@ class MethodEmbedder:
             if whitening is not None:
                 features = whitening.transform(fs.image)
             else:
-                features = fs.image / np.maximum(np.linalg.norm(fs.image, axis=1, keepdims=True), 1e-12)
+                features = l2_normalize(fs.image)
             out.append(Embedding(features, fs.index, ms, top1, train_seconds))
         return out
 

@@ -15,7 +15,9 @@ from fgia.runtime import atomic_path
 _EPS = 1e-12
 
 
-def _l2(x: np.ndarray) -> np.ndarray:
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero); the dtype is kept."""
+    x = np.asarray(x)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
 
 
@@ -58,7 +60,7 @@ class FeaturePCA:
             raise RuntimeError("FeaturePCA is not fitted: call fit() or load() first")
         x = self._check(features, fitting=False)
         out = ((x - self.mean) @ self.components.T) * self.scale
-        return (_l2(out) if self.l2_normalize else out).astype(np.float32)
+        return (l2_normalize(out) if self.l2_normalize else out).astype(np.float32)
 
     def fit_transform(self, features: np.ndarray) -> np.ndarray:
         return self.fit(features).transform(features)
@@ -71,7 +73,7 @@ class FeaturePCA:
             raise ValueError(f"features have dimension {x.shape[1]} but this PCA was fitted on {self.input_dim}-d ones")
         if not np.isfinite(x).all():
             raise ValueError("features contain NaN or infinite values")
-        return _l2(x) if self.l2_normalize else x
+        return l2_normalize(x) if self.l2_normalize else x
 
     def fingerprint(self) -> str:
         """A short hash of the settings and fitted parameters (checks a query uses the database's PCA)."""
@@ -101,7 +103,7 @@ class FeaturePCA:
         if not path.is_file():
             raise FileNotFoundError(f"PCA file not found: {path}")
         with np.load(path) as data:
-            whiten, l2_normalize = (bool(v) for v in data["flags"])
-            pca = cls(int(data["components"].shape[0]), whiten=whiten, l2_normalize=l2_normalize)
+            whiten, normalize = (bool(v) for v in data["flags"])
+            pca = cls(int(data["components"].shape[0]), whiten=whiten, l2_normalize=normalize)
             pca.mean, pca.components, pca.scale = data["mean"], data["components"], data["scale"]
         return pca

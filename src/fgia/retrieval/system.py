@@ -34,7 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from fgia.config import load_yaml, save_yaml
 from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.features.extract import FeatureSet, extract_features, extract_from_images
-from fgia.features.pca import FeaturePCA
+from fgia.features.pca import FeaturePCA, l2_normalize
 from fgia.models import load_model
 from fgia.runtime import atomic_path, atomic_write_text, pick_device, seed_everything
 from fgia.train import UNIFIED, TrainConfig, fit_per_category
@@ -107,13 +107,6 @@ class SystemConfig:
             **self.train_options,
         }
         return TrainConfig(**options)
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
 
 
 class CoarseClassifier:
