@@ -92,3 +92,32 @@ def test_device_side_normalisation_matches_the_eval_transform(images):
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     expected = build_transform(False, 48, mean, std, crop_pct=None)(image)
     torch.testing.assert_close(normalize(resized[None], mean, std)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+class Detail(MeanColour):
+    """MeanColour's maps; embedding = horizontal detail (mean |x - right neighbour|) and the input width."""
+
+    embedding_dim = 2
+
+    def forward(self, x):
+        out = super().forward(x)
+        detail = (x[..., 1:] - x[..., :-1]).abs().mean((1, 2, 3))
+        out.embedding = torch.stack([detail, torch.full_like(detail, x.shape[-1])], 1)
+        return out
+
+
+def test_region_zoom_crops_regions_from_a_sharper_image(tmp_path):
+    """400x200 black image, 4-px red/black stripes at x 200-300, y 0-100: blurred away at 64 px, seen at 4x."""
+    image = Image.new("RGB", (400, 200))
+    for x in range(200, 300, 8):
+        image.paste((255, 0, 0), (x, 0, x + 4, 100))
+    image.save(tmp_path / "stripes.png")
+    samples = [Sample(tmp_path / "stripes.png", 0)]
+    plain, zoomed = (extract_features(Detail(), samples, image_size=64, workers=0, device="cpu", region_zoom=z)
+                     for z in (1.0, 4.0))
+    assert plain.image[0, 1] == zoomed.image[0, 1] == zoomed.region[0, 1] == 64  # the model always sees 64 px
+    np.testing.assert_allclose(zoomed.boxes, plain.boxes, atol=2.0)
+    np.testing.assert_allclose(plain.boxes[0], [200, 0, 300, 100], atol=8.0)
+    assert zoomed.region[0, 0] > 3 * plain.region[0, 0]
+    with pytest.raises(ValueError, match="region_zoom"):
+        extract_features(Detail(), samples, image_size=64, workers=0, device="cpu", region_zoom=0.5)

@@ -75,3 +75,19 @@ def test_plain_baseline_maps_are_class_activation_maps():
     torch.testing.assert_close(out.maps.mean((2, 3)), out.logits)
     assert out.head_logits == {}
     assert create_model(**model.config).config == model.config
+
+
+def test_restricted_to_keeps_features_and_selects_class_maps():
+    model = create_model("cnnets", num_classes=7, backbone="test_resnet", head_dim=8).eval()
+    ids = [5, 1, 3]
+    restricted = model.restricted_to(ids).eval()
+    x = torch.randn(2, 3, 64, 64)
+    full, part = model(x), restricted(x)
+    assert torch.allclose(full.embedding, part.embedding)
+    assert torch.allclose(full.logits[:, ids], part.logits, atol=1e-6)
+    assert torch.allclose(full.head_logits["norm"][:, ids], part.head_logits["norm"], atol=1e-6)
+    assert restricted.num_classes == 3 and restricted.config["num_classes"] == 3
+    assert model.num_classes == 7 and model(x).logits.shape == (2, 7)  # the original is untouched
+    for bad in ([], [7], [1, 1]):
+        with pytest.raises(ValueError, match="class_ids"):
+            model.restricted_to(bad)

@@ -33,3 +33,22 @@ def test_categories_must_be_known(tiny_ds, tmp_path, tiny_config):
         fit_per_category(tiny_config(), unlabelled, tmp_path, progress=False)
     with pytest.raises(ValueError, match="categories outside"):
         coarse_dataset(train, ["only-this"])
+
+
+def test_category_models_can_start_from_the_unified_one(tiny_ds, tmp_path, tiny_config):
+    train = tiny_ds.split("train")
+    category = sorted({s.category for s in train.samples})[0]
+    cfg = tiny_config(epochs=2, batch_size=16, lr=1e-3)
+    scratch = fit_per_category(cfg, train, tmp_path / "scratch", progress=False)
+    tuned = fit_per_category(cfg, train, tmp_path / "tuned", progress=False, category_epochs=1)
+
+    assert len(tuned[category].history) == 1 and len(scratch[category].history) == 2
+    _, info = load_model(tmp_path / "tuned" / category)
+    assert info["config"]["num_classes"] == tuned[category].model.num_classes
+    unified = dict(tuned[UNIFIED].model.named_parameters())
+    layer = "heads.conv.features.0.weight"  # a new layer: far from the unified model unless started from it
+    from_unified = (dict(tuned[category].model.named_parameters())[layer] - unified[layer]).norm()
+    from_scratch = (dict(scratch[category].model.named_parameters())[layer] - unified[layer]).norm()
+    assert from_unified < 0.5 * from_scratch
+    with pytest.raises(ValueError, match="category_epochs"):
+        fit_per_category(cfg, train, tmp_path / "bad", progress=False, category_epochs=0)

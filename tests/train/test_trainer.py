@@ -166,3 +166,35 @@ def test_pk_images_trains_on_p_by_k_batches(one_category, tiny_config):
         tiny_config(pk_images=3)
     with pytest.raises(ValueError, match="balanced_sampling"):
         tiny_config(pk_images=4, balanced_sampling=True)
+
+
+def test_backbone_lr_scale_and_weight_decay_groups():
+    from fgia.models import create_model
+    from fgia.train.trainer import is_backbone_parameter, parameter_groups
+
+    model = create_model("cnnets", num_classes=3, backbone="test_resnet", head_dim=8, head_stages=1)
+    groups = parameter_groups(model, lr=0.1, weight_decay=1e-4, backbone_lr_scale=0.1)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    assert len(by_id) == sum(1 for _ in model.parameters())
+    for name, param in model.named_parameters():
+        group = by_id[id(param)]
+        backbone = name.startswith("trunk.") or ".stages." in name
+        assert is_backbone_parameter(name) == backbone, name
+        assert group["lr"] == pytest.approx(0.01 if backbone else 0.1), name
+        assert group["weight_decay"] == (1e-4 if param.ndim > 1 else 0.0), name
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_backbone_bn_keeps_pretrained_statistics(one_category, tiny_config, freeze):
+    from fgia.models import create_model
+    from fgia.train.trainer import backbone_norm_layers
+
+    model = create_model("cnnets", num_classes=len(one_category.classes), backbone="test_resnet", head_dim=16)
+    before = {n: b.clone() for n, b in model.named_buffers() if n.endswith("running_mean")}
+    fit(tiny_config(epochs=1, freeze_backbone_bn=freeze, backbone_lr_scale=0.0), one_category, progress=False,
+        model=model)
+    after = dict(model.named_buffers())
+    backbone = {n for n in before if n.startswith("trunk.")}
+    assert backbone and backbone_norm_layers(model)
+    assert all(torch.equal(before[n], after[n]) for n in backbone) == freeze
+    assert not any(torch.equal(before[n], after[n]) for n in before.keys() - backbone)  # heads' BN always learn

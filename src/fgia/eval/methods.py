@@ -73,6 +73,7 @@ class MethodsConfig:
     batch_size: int = 16
     pk_images: int = 4
     lr: float = 0.01
+    backbone_lr_scale: float = 1.0
     optimizer: str = "sgd"
     whiten: bool = True
     pca_dim: int | None = None
@@ -179,7 +180,8 @@ class MethodEmbedder:
                 model=model, model_kwargs={"backbone": cfg.backbone, "weights": cfg.weights,
                                            **cfg.model_kwargs.get(model, {})},
                 image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                optimizer=cfg.optimizer, warmup_epochs=min(1.0, cfg.epochs), loss=loss,
+                backbone_lr_scale=cfg.backbone_lr_scale, optimizer=cfg.optimizer,
+                warmup_epochs=min(1.0, cfg.epochs), loss=loss,
                 pk_images=cfg.pk_images if method in METRIC_LOSSES else 0,
                 loss_kwargs=cfg.loss_kwargs.get(loss, {}), seed=cfg.seed, workers=cfg.workers, device=cfg.device)
             start = time.perf_counter()

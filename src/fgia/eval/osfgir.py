@@ -52,8 +52,8 @@ class OsfgirConfig:
     with no `data`, the synthetic benchmark `synth` is generated into `out_dir/data`. Unlabelled images of
     the data (distractors) join the database. `baselines` are single-stage methods on the same split and
     backbone, named as in `fgia bench methods` ("gap-offtheshelf", "scda-offtheshelf", "plain" = the plain
-    backbone fine-tuned on AD, ...); `baseline_weights` initialise them (default: the system's `weights`). `timing_queries` single-query searches feed Table 6; the first
-    `examples` of them go to the HTML report.
+    backbone fine-tuned on AD, ...); `baseline_weights` initialise them (default: the system's `weights`).
+    `timing_queries` single-query searches feed Table 6; the first `examples` of them go to the HTML report.
     """
 
     data: Path | None = None
@@ -226,7 +226,8 @@ def _baseline_scores(
     sc = cfg.system
     methods_cfg = MethodsConfig(
         backbone=sc.backbone, weights=cfg.baseline_weights or sc.weights, image_size=sc.image_size,
-        epochs=sc.epochs, batch_size=sc.batch_size, lr=sc.lr, whiten=False, seed=cfg.seed, device=sc.device,
+        epochs=sc.epochs, batch_size=sc.batch_size, lr=sc.lr,
+        backbone_lr_scale=sc.train_config().backbone_lr_scale, whiten=False, seed=cfg.seed, device=sc.device,
         workers=sc.workers, model_kwargs={},
     )
     embedder = MethodEmbedder(split.auxiliary, methods_cfg)

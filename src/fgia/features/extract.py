@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image
 from rich.progress import track
 from torch import Tensor
@@ -107,10 +108,21 @@ def featurize_batch(
     threshold: float = 0.5,
     min_area: float = 0.02,
     keep_maps: bool = False,
+    input_size: int | None = None,
 ) -> BatchFeatures:
-    """Embeddings of a normalised (B, 3, H, W) batch on the model's device, plus its region embeddings/boxes."""
+    """Embeddings of a normalised (B, 3, H, W) batch on the model's device, plus its region embeddings/boxes.
+
+    With `input_size` below H (a batch loaded at `region_zoom` x the model's size), the whole image is
+    downsampled to `input_size` and the regions are cropped from the full-resolution batch, so a region shows
+    the model detail the whole-image pass could not see.
+    """
+    size = input_size or images.shape[-1]
+    whole = images
+    if size != images.shape[-1]:
+        whole = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        whole = whole.contiguous(memory_format=torch.channels_last)
     with autocast_for(images.device):
-        out = model(images)
+        out = model(whole)
     if out.embedding is None:
         raise ValueError(f"{type(model).__name__} returns no embedding; it cannot be used for feature extraction")
     batch = len(images)
@@ -129,7 +141,7 @@ def featurize_batch(
         height, width = images.shape[-2:]
         pixels = scale_boxes(result.boxes, np.full(batch, width), np.full(batch, height))
         rois = torch.cat([torch.arange(batch, dtype=torch.float32)[:, None], torch.from_numpy(pixels)], 1)
-        crops = roi_align(images, rois.to(images.device, images.dtype), (height, width), 1.0, 2, aligned=True)
+        crops = roi_align(images, rois.to(images.device, images.dtype), (size, size), 1.0, 2, aligned=True)
         with autocast_for(images.device):
             result.region = model(crops.contiguous(memory_format=torch.channels_last)).embedding.float()
     return result
@@ -150,8 +162,12 @@ def extract_features(
     std: Sequence[float] | None = None,
     keep_maps: bool = False,
     progress: bool = False,
+    region_zoom: float = 1.0,
 ) -> FeatureSet:
     """Whole-image (and region) features of `samples` with a DataLoader; mean/std default to the model's.
+
+    `region_zoom` > 1 loads images at that multiple of `image_size` and crops regions from them (see
+    `featurize_batch`), at the cost of decoding and moving more pixels.
 
     The model is moved to the device and put in eval mode (in place). Unreadable images are skipped and counted
     in `FeatureSet.skipped`; `FeatureSet.index` says which samples the rows belong to.
@@ -161,14 +177,14 @@ def extract_features(
     dev = pick_device(device)
     model = prepare_model(model, dev)
     mean, std = _normalisation(model, mean, std)
-    loader = make_loader(samples, ResizeWithOriginalSize(image_size), batch_size, workers=workers)
+    load_size = _load_size(image_size, regions, region_zoom)
+    loader = make_loader(samples, ResizeWithOriginalSize(load_size), batch_size, workers=workers)
     parts: list[tuple[BatchFeatures, Tensor, Tensor]] = []
     batches = track(loader, description="extracting features") if progress else loader
     for (images, sizes), _, indices in batches:
         images = normalize(images.to(dev, non_blocking=True), mean, std)
-        feats = featurize_batch(
-            model, images, regions=regions, threshold=threshold, min_area=min_area, keep_maps=keep_maps
-        )
+        feats = featurize_batch(model, images, regions=regions, threshold=threshold, min_area=min_area,
+                                keep_maps=keep_maps, input_size=image_size)
         parts.append((feats, sizes, indices))
     return _collect(parts, model, regions, keep_maps, skipped=len(loader.skipped))
 
@@ -185,6 +201,7 @@ def extract_from_images(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     keep_maps: bool = True,
+    region_zoom: float = 1.0,
 ) -> FeatureSet:
     """The same features for in-memory PIL images (e.g. a query upload), processed exactly like a dataset."""
     if len(images) == 0:
@@ -192,11 +209,18 @@ def extract_from_images(
     dev = pick_device(device)
     model = prepare_model(model, dev)
     mean, std = _normalisation(model, mean, std)
-    resize = ResizeWithOriginalSize(image_size)
+    resize = ResizeWithOriginalSize(_load_size(image_size, regions, region_zoom))
     tensors, sizes = zip(*(resize(image.convert("RGB")) for image in images))
     batch = normalize(torch.stack(tensors).to(dev), mean, std)
-    feats = featurize_batch(model, batch, regions=regions, threshold=threshold, min_area=min_area, keep_maps=keep_maps)
+    feats = featurize_batch(model, batch, regions=regions, threshold=threshold, min_area=min_area,
+                            keep_maps=keep_maps, input_size=image_size)
     return _collect([(feats, torch.stack(sizes), torch.arange(len(images)))], model, regions, keep_maps, skipped=0)
+
+
+def _load_size(image_size: int, regions: bool, region_zoom: float) -> int:
+    if region_zoom < 1.0:
+        raise ValueError(f"region_zoom must be >= 1, got {region_zoom}")
+    return round(image_size * region_zoom) if regions else image_size
 
 
 def _normalisation(

@@ -3,16 +3,19 @@
 Each head: its own copy of the trunk's last `head_stages` stages, `head_layers` (1x1 conv + BN + ReLU) layers of
 width `head_dim`, then a 1x1 conv to C class-confidence maps and global average pooling (no fully connected
 layer). Norm-Net puts a BatchNorm between the class conv and the pooling. A head's retrieval feature is the GAP
-of its last layer before the class maps; the model's embedding concatenates both (2 x head_dim).
+of its last layer before the class maps; the model's embedding concatenates both (2 x head_dim), each
+L2-normalised so that both heads weigh the same in a Euclidean search.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from fgia.models.backbones import create_trunk
@@ -90,7 +93,7 @@ class CNNets(nn.Module):
         features, maps, scores = [], [], {}
         for name, head in self.heads.items():
             feat, class_maps = head(shared)
-            features.append(feat.mean((2, 3)))
+            features.append(F.normalize(feat.mean((2, 3)), dim=1))
             maps.append(class_maps)
             scores[name] = class_maps.mean((2, 3))
         return ModelOutput(
@@ -100,3 +103,30 @@ class CNNets(nn.Module):
             maps=torch.stack(maps).mean(0),
         )
 
+
+    def restricted_to(self, class_ids: Sequence[int]) -> CNNets:
+        """A copy that predicts only `class_ids` (in that order): the same trunk and features, each head's class
+        conv (and Norm-Net BatchNorm) keeping those output channels. A category model starts from it."""
+        ids = torch.as_tensor(list(class_ids), dtype=torch.long)
+        distinct = ids.unique().numel() == ids.numel()
+        if ids.numel() == 0 or not distinct or int(ids.min()) < 0 or int(ids.max()) >= self.num_classes:
+            raise ValueError(f"class_ids must be distinct ids in [0, {self.num_classes - 1}], got {list(class_ids)}")
+        model = copy.deepcopy(self)
+        for head in model.heads.values():
+            for layer in (head.classifier, head.norm):
+                _keep_output_channels(layer, ids)
+        model.num_classes = len(ids)
+        model.config = {**self.config, "num_classes": len(ids)}
+        return model
+
+
+def _keep_output_channels(layer: nn.Module, ids: Tensor) -> None:
+    """Keep only output channels `ids` of a conv or BatchNorm layer, in place (an Identity is left as it is)."""
+    for name, tensor in [*layer.named_parameters(recurse=False), *layer.named_buffers(recurse=False)]:
+        if tensor.ndim:  # BatchNorm's num_batches_tracked is a scalar
+            kept = tensor.detach()[ids].clone()
+            setattr(layer, name, nn.Parameter(kept) if isinstance(tensor, nn.Parameter) else kept)
+    if isinstance(layer, nn.Conv2d):
+        layer.out_channels = len(ids)
+    elif isinstance(layer, nn.BatchNorm2d):
+        layer.num_features = len(ids)

@@ -12,8 +12,8 @@ Layout of a system directory (everything written by `train_system`, read by `loa
     aux_unified.npz          AD's unified embeddings and meta-category indices (for the classifier table)
 
 Feature conventions (shared by indexing and querying, so they live here only): embeddings are L2-normalised
-before PCA and every PCA output is L2-normalised again (`FeaturePCA` does both). The fine feature of an image under model m is
-[image part, region part] (2 x part_dim), so both parts weigh the same in the Euclidean re-ranking.
+before PCA and every PCA output is L2-normalised again (`FeaturePCA` does both). The fine feature of an image
+under model m is [image part, region part] (2 x part_dim), so both parts weigh the same in the Euclidean re-ranking.
 """
 
 from __future__ import annotations
@@ -52,13 +52,17 @@ class SystemConfig:
     `top_k`: coarse candidates re-ranked by the fine stage; with `top_k_fraction` set, K is that fraction of
     the database instead (at least 1). `threshold`: the confidence-map threshold of the discriminative region.
     `classifier_dims`: coarse-feature dimensions for the classifier-accuracy table (0 = full embedding).
-    `train_options`: any other `TrainConfig` field (optimizer, warmup_epochs, ...).
+    `category_epochs`: None trains each category-specific model from `weights` for `epochs` (the paper);
+    a number starts it from the trained unified model restricted to the category's species and fine-tunes it
+    for that many epochs (cheaper, and better when AD has few images per category).
+    `train_options`: any other `TrainConfig` field (optimizer, warmup_epochs, backbone_lr_scale, ...).
     """
 
     backbone: str = "resnet18"
     weights: str | None = None
     image_size: int = 64
     epochs: int = 2
+    category_epochs: int | None = None
     batch_size: int = 32
     lr: float = 0.01
     head_dim: int = 512
@@ -67,6 +71,7 @@ class SystemConfig:
     top_k: int = 1000
     top_k_fraction: float | None = None
     threshold: float = 0.5
+    region_zoom: float = 1.0
     qe_top: int = 5
     classifier_dims: tuple[int, ...] = (8, 16, 32, 64, 128, 0)
     device: str = "auto"
@@ -78,8 +83,12 @@ class SystemConfig:
         for name in ("coarse_dim", "part_dim", "top_k", "image_size", "epochs", "head_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.category_epochs is not None and self.category_epochs < 1:
+            raise ValueError(f"category_epochs must be >= 1 or None, got {self.category_epochs}")
         if self.top_k_fraction is not None and not 0.0 < self.top_k_fraction <= 1.0:
             raise ValueError(f"top_k_fraction must be in (0, 1], got {self.top_k_fraction}")
+        if self.region_zoom < 1.0:
+            raise ValueError(f"region_zoom must be >= 1, got {self.region_zoom}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.qe_top < 0:
@@ -202,7 +211,8 @@ class System:
 
     def _extract_options(self, regions: bool) -> dict[str, Any]:
         cfg = self.config
-        return {"image_size": cfg.image_size, "regions": regions, "threshold": cfg.threshold, "device": cfg.device}
+        return {"image_size": cfg.image_size, "regions": regions, "threshold": cfg.threshold, "device": cfg.device,
+                "region_zoom": cfg.region_zoom}
 
     def coarse(self, unified_embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(full-d coarse feature, `coarse_dim` coarse feature) from the unified model's embedding."""
@@ -237,11 +247,13 @@ def train_system(
         raise ValueError(f"{auxiliary.name!r} has no meta-categories: every sample needs `category` for routing")
     seed_everything(cfg.seed)
     save_yaml(cfg, out / CONFIG_FILE)
-    results = fit_per_category(cfg.train_config(), auxiliary, out / "models", progress=progress)
+    results = fit_per_category(cfg.train_config(), auxiliary, out / "models", progress=progress,
+                               category_epochs=cfg.category_epochs)
     models = {name: results[name].model for name in [UNIFIED, *categories]}
     (out / "pca").mkdir(parents=True, exist_ok=True)
 
-    options = {"image_size": cfg.image_size, "threshold": cfg.threshold, "device": cfg.device, "workers": cfg.workers}
+    options = {"image_size": cfg.image_size, "threshold": cfg.threshold, "device": cfg.device, "workers": cfg.workers,
+               "region_zoom": cfg.region_zoom}
     aux_features = {}
     for name, model in models.items():
         subset = auxiliary if name == UNIFIED else auxiliary.filter(lambda s, c=name: s.category == c)

@@ -39,11 +39,14 @@ def coarse_dataset(ds: FineGrainedDataset, categories: list[str]) -> FineGrained
 
 def fit_per_category(cfg: TrainConfig, aux: FineGrainedDataset, out_dir: str | os.PathLike,
                      val: FineGrainedDataset | None = None, progress: bool = True,
-                     coarse: bool = False) -> dict[str, TrainResult]:
+                     coarse: bool = False, category_epochs: int | None = None) -> dict[str, TrainResult]:
     """Train a unified model on all of `aux`, then one model per meta-category (and, with `coarse`, a
     meta-category classifier), each in `out_dir/<name>/`. Returns {"unified": ..., category: ..., "coarse": ...}.
 
-    Every sample needs its `category`; `val`, when given, is split the same way.
+    Every sample needs its `category`; `val`, when given, is split the same way. With `category_epochs`, each
+    category model starts from the trained unified model restricted to its classes (the model's
+    `restricted_to`) and is fine-tuned for that many epochs with `cfg`'s rates; without, it trains from
+    `cfg`'s weights like the unified one.
     """
     missing = [s.path for s in aux.samples if s.category is None]
     if missing:
@@ -52,11 +55,23 @@ def fit_per_category(cfg: TrainConfig, aux: FineGrainedDataset, out_dir: str | o
     if {UNIFIED, COARSE} & set(categories):
         raise ValueError(f"a meta-category may not be called {UNIFIED!r} or {COARSE!r}")
     out = Path(out_dir)
-    runs: dict[str, tuple[FineGrainedDataset, FineGrainedDataset | None]] = {UNIFIED: (aux, val)}
+    if category_epochs is not None and category_epochs < 1:
+        raise ValueError(f"category_epochs must be >= 1 (or None to train category models from scratch), got "
+                         f"{category_epochs}")
+    results = {UNIFIED: fit(replace(cfg, out_dir=out / UNIFIED), aux, val, progress)}
+    unified = results[UNIFIED].model
     for category in categories:
         ids = category_classes(aux, category)
-        runs[category] = (category_subset(aux, category, ids), category_subset(val, category, ids) if val else None)
+        train, val_set = category_subset(aux, category, ids), category_subset(val, category, ids) if val else None
+        if category_epochs is None:
+            results[category] = fit(replace(cfg, out_dir=out / category), train, val_set, progress)
+            continue
+        if not hasattr(unified, "restricted_to"):
+            raise TypeError(f"category_epochs needs a model with restricted_to(class_ids); {cfg.model!r} has none")
+        fine_tune = replace(cfg, out_dir=out / category, epochs=category_epochs,
+                            warmup_epochs=min(cfg.warmup_epochs, category_epochs))
+        results[category] = fit(fine_tune, train, val_set, progress, model=unified.restricted_to(ids))
     if coarse:
-        runs[COARSE] = (coarse_dataset(aux, categories), coarse_dataset(val, categories) if val else None)
-    return {name: fit(replace(cfg, out_dir=out / name), train, val_set, progress)
-            for name, (train, val_set) in runs.items()}
+        results[COARSE] = fit(replace(cfg, out_dir=out / COARSE), coarse_dataset(aux, categories),
+                              coarse_dataset(val, categories) if val else None, progress)
+    return results

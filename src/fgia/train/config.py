@@ -17,6 +17,10 @@ class TrainConfig:
     `optimizer` is any timm optimizer name ("sgd" = SGD with Nesterov momentum, "adamw", ...).
     `warmup_epochs` may be fractional; the schedule (linear warm-up, then cosine to 0) steps per iteration.
     `amp`: "auto" = bf16 on CUDA and off on CPU; "bf16", "fp16" (with a gradient scaler) or "off".
+    `backbone_lr_scale`: the backbone's learning rate is `lr * backbone_lr_scale` (new layers get `lr`); below 1
+    it keeps pretrained features while randomly initialised heads learn fast (see `is_backbone_parameter`).
+    `freeze_backbone_bn`: keep the backbone's BatchNorm running statistics (eval mode) while training; small
+    fine-grained sets with strong augmentation otherwise drag pretrained statistics away from test images.
     `loss` names a loss in `fgia.train.losses` (`register_loss`); `loss_kwargs` go to its factory.
     `mean`/`std`: input normalisation; None takes the model's own (its pretrained weights' statistics).
     `pk_images` > 0: P x K batches (metric learning): batch_size / pk_images classes, pk_images images each.
@@ -35,6 +39,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
+    backbone_lr_scale: float = 1.0
+    freeze_backbone_bn: bool = False
     label_smoothing: float = 0.0
     loss: str = "ce"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -66,6 +72,8 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.backbone_lr_scale < 0:
+            raise ValueError(f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}")
         if self.pk_images:
             if self.balanced_sampling:
                 raise ValueError("choose one of balanced_sampling and pk_images (P x K batches are balanced already)")

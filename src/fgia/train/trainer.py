@@ -72,6 +72,33 @@ def warmup_cosine(step: int, *, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def is_backbone_parameter(name: str) -> bool:
+    """True for a parameter of a backbone's stages (pretrained when weights are given): fgia models keep them in
+    a module called `trunk` or `stages` (CN-Nets heads own copies of the last stages); the rest is new layers."""
+    return not {"trunk", "stages"}.isdisjoint(name.split("."))
+
+
+def backbone_norm_layers(module: nn.Module) -> list[nn.Module]:
+    """The backbone's BatchNorm layers (their running statistics are the pretrained ones)."""
+    return [m for name, m in module.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and is_backbone_parameter(name)]
+
+
+def parameter_groups(module: nn.Module, *, lr: float, weight_decay: float,
+                     backbone_lr_scale: float) -> list[dict[str, Any]]:
+    """Optimizer groups: backbone parameters at `lr * backbone_lr_scale`, new layers at `lr`; biases and norm
+    parameters (1-d) without weight decay."""
+    groups: dict[tuple[bool, bool], dict[str, Any]] = {}
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        backbone, decay = is_backbone_parameter(name), param.ndim > 1
+        group = groups.setdefault((backbone, decay), {
+            "params": [], "lr": lr * (backbone_lr_scale if backbone else 1.0), "weight_decay": weight_decay * decay})
+        group["params"].append(param)
+    return list(groups.values())
+
+
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `TrainConfig.amp` on `device`, or None for full precision."""
     if mode == "auto":
@@ -152,8 +179,10 @@ class _Trainer:
         self.loader = make_loader(train.samples, build_transform(True, cfg.image_size, self.mean, self.std),
                                   batch_size=cfg.batch_size, shuffle=False, workers=cfg.workers,
                                   sampler=self.sampler, drop_last=True)
-        self.optimizer = create_optimizer_v2(self.step, opt=cfg.optimizer, lr=cfg.lr,
-                                             weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+        self.optimizer = create_optimizer_v2(
+            self.step, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+            param_group_fn=partial(parameter_groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                   backbone_lr_scale=cfg.backbone_lr_scale))
         steps = len(self.loader)
         self.scheduler = LambdaLR(self.optimizer, partial(
             warmup_cosine, warmup=round(cfg.warmup_epochs * steps), total=cfg.epochs * steps))
@@ -217,6 +246,9 @@ class _Trainer:
     def train_epoch(self, epoch: int, bar: Progress) -> dict[str, float]:
         """One pass over the loader; loss and accuracy are averaged over every rank's images."""
         self.step.train()
+        if self.cfg.freeze_backbone_bn:
+            for module in backbone_norm_layers(self.step):
+                module.eval()
         self.sampler.set_epoch(epoch)
         device, cfg = self.ctx.device, self.cfg
         task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(self.loader), loss=0.0, acc=0.0)
@@ -244,7 +276,7 @@ class _Trainer:
             bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
         bar.remove_task(task)
         loss_sum, correct, seen = all_reduce_sum(self.ctx, [loss_sum, correct, seen])
-        return {"loss": loss_sum / seen, "train_top1": correct / seen, "lr": self.scheduler.get_last_lr()[0],
+        return {"loss": loss_sum / seen, "train_top1": correct / seen, "lr": max(self.scheduler.get_last_lr()),
                 "seconds": time.perf_counter() - start}
 
     def check_in_sync(self) -> None:
