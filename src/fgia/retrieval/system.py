@@ -100,6 +100,11 @@ class SystemConfig:
             return max(1, round(self.top_k_fraction * database_size))
         return self.top_k
 
+    def extraction_options(self, regions: bool) -> dict[str, Any]:
+        """`extract_features` / `extract_from_images` options shared by AD fitting, indexing and querying."""
+        return {"image_size": self.image_size, "regions": regions, "threshold": self.threshold,
+                "device": self.device, "region_zoom": self.region_zoom}
+
     def train_config(self) -> TrainConfig:
         """The TrainConfig every CN-Nets of the system is trained with."""
         options = {
@@ -202,17 +207,13 @@ class System:
 
     def extract(self, name: str, samples: Sequence[Sample], regions: bool = True) -> FeatureSet:
         """Features of model `name` for dataset samples (unreadable images skipped, see `FeatureSet.index`)."""
-        options = self._extract_options(regions)
+        options = self.config.extraction_options(regions)
         return extract_features(self.models[name], samples, workers=self.config.workers, **options)
 
     def extract_images(self, name: str, images: Sequence[Image.Image], regions: bool = True) -> FeatureSet:
         """Features of model `name` for in-memory images, with the confidence maps when `regions`."""
-        return extract_from_images(self.models[name], images, keep_maps=regions, **self._extract_options(regions))
-
-    def _extract_options(self, regions: bool) -> dict[str, Any]:
-        cfg = self.config
-        return {"image_size": cfg.image_size, "regions": regions, "threshold": cfg.threshold, "device": cfg.device,
-                "region_zoom": cfg.region_zoom}
+        options = self.config.extraction_options(regions)
+        return extract_from_images(self.models[name], images, keep_maps=regions, **options)
 
     def coarse(self, unified_embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(full-d coarse feature, `coarse_dim` coarse feature) from the unified model's embedding."""
@@ -252,12 +253,11 @@ def train_system(
     models = {name: results[name].model for name in [UNIFIED, *categories]}
     (out / "pca").mkdir(parents=True, exist_ok=True)
 
-    options = {"image_size": cfg.image_size, "threshold": cfg.threshold, "device": cfg.device, "workers": cfg.workers,
-               "region_zoom": cfg.region_zoom}
+    options = cfg.extraction_options(regions=True)
     aux_features = {}
     for name, model in models.items():
         subset = auxiliary if name == UNIFIED else auxiliary.filter(lambda s, c=name: s.category == c)
-        aux_features[name] = extract_features(model, subset.samples, regions=True, **options)
+        aux_features[name] = extract_features(model, subset.samples, workers=cfg.workers, **options)
     # Every model's fine features must share one dimension, so PCA sizes are capped by the smallest AD subset.
     part_dim = min(cfg.part_dim, *(min(fs.image.shape) for fs in aux_features.values()))
     for name, fs in aux_features.items():

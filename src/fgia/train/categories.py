@@ -60,14 +60,14 @@ def fit_per_category(cfg: TrainConfig, aux: FineGrainedDataset, out_dir: str | o
                          f"{category_epochs}")
     results = {UNIFIED: fit(replace(cfg, out_dir=out / UNIFIED), aux, val, progress)}
     unified = results[UNIFIED].model
+    if category_epochs is not None and not hasattr(unified, "restricted_to"):
+        raise TypeError(f"category_epochs needs a model with restricted_to(class_ids); {cfg.model!r} has none")
     for category in categories:
         ids = category_classes(aux, category)
         train, val_set = category_subset(aux, category, ids), category_subset(val, category, ids) if val else None
         if category_epochs is None:
             results[category] = fit(replace(cfg, out_dir=out / category), train, val_set, progress)
             continue
-        if not hasattr(unified, "restricted_to"):
-            raise TypeError(f"category_epochs needs a model with restricted_to(class_ids); {cfg.model!r} has none")
         fine_tune = replace(cfg, out_dir=out / category, epochs=category_epochs,
                             warmup_epochs=min(cfg.warmup_epochs, category_epochs))
         results[category] = fit(fine_tune, train, val_set, progress, model=unified.restricted_to(ids))
