@@ -28,10 +28,11 @@ import torch
 from fgia.data import OsfgirSplit, build_osfgir_split, load_image
 from fgia.data.synthetic import SynthConfig
 from fgia.eval.osfgir import OsfgirConfig, load_datasets
+from fgia.features.pca import l2_normalize
 from fgia.index import StoreRow, create_index
 from fgia.retrieval.engine import STAGES, RetrievalEngine, build_index
-from fgia.retrieval.search import fine_stage
-from fgia.retrieval.system import SystemConfig, l2_normalize, train_system
+from fgia.retrieval.search import average_query_expansion, rerank
+from fgia.retrieval.system import SelectionConfig, SystemConfig, train_system
 from fgia.runtime import atomic_write_text, pick_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -43,7 +44,8 @@ def tiny_run(out: Path, backbone: str, image_size: int, device: str) -> tuple[Pa
                                          image_size=max(64, image_size)), out_dir=out)
     datasets, distractors = load_datasets(cfg, progress=False)
     split = build_osfgir_split(datasets, queries_per_class=2, distractors=distractors)
-    system = SystemConfig(backbone=backbone, image_size=image_size, epochs=1, batch_size=8, device=device)
+    system = SystemConfig(backbone=backbone, image_size=image_size, epochs=1, batch_size=8, device=device,
+                          selection=SelectionConfig(validation_fraction=0.0))
     system_dir = train_system(split.auxiliary, system, out / "system", progress=False)
     build_index(system_dir, split.database, out / "index", device=device)
     return out / "index", [s.path for s in split.queries.samples]
@@ -93,9 +95,11 @@ def paper_dims(n: int, k: int, factory: str, device: str, queries: int, seed: in
         t0 = time.perf_counter()
         _, candidates = index.search(coarse[q : q + 1], k)
         t1 = time.perf_counter()
-        fine_stage(fine[q : q + 1], fine, candidates)
+        ranking = rerank(fine[q : q + 1], fine, candidates)
         t2 = time.perf_counter()
-        fine_stage(fine[q : q + 1], fine, candidates, qe_top=5)
+        expanded = average_query_expansion(fine[q : q + 1], fine, ranking.ids[:, :5])
+        rerank(expanded, fine, index.search(average_query_expansion(coarse[q : q + 1], coarse, ranking.ids[:, :5]),
+                                            k)[1])
         t3 = time.perf_counter()
         for name, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
             times[name].append(dt * 1000.0)

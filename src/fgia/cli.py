@@ -244,15 +244,19 @@ def bench_methods(
 @bench_app.command("real")
 def bench_real(
     shared: Path = typer.Option(Path("../shared/data"), help="folder with cub100/, stanford_cars/, flowers102_partial/"),
-    full: bool = typer.Option(False, "--full", help="all images at 224 px, configs/osfgir.yaml (meant for a GPU)"),
+    quick: bool = typer.Option(False, "--quick", help="12 images per species, one head: a few minutes"),
+    full: bool = typer.Option(False, "--full", help="configs/osfgir.yaml: larger images and models (meant for a GPU)"),
     weights: str | None = typer.Option(None, help="backbone weights (default: the config's, efficientnet-lite0)"),
     results: Path = typer.Option(Path("benchmarks/results"), help="where the Markdown + JSON tables go"),
     work: Path = typer.Option(DEFAULT_OUT / "bench-real", help="where models, index and full report go"),
 ) -> None:
-    """The real-data OSFGIR benchmark on birds, cars and flowers (Tables 4, 5, 6 and 7)."""
+    """The real-data OSFGIR benchmark on the whole birds/cars/flowers composite (Tables 4-7, the targets)."""
     from fgia.eval.osfgir import run_real_bench
 
-    run_real_bench(shared, full=full, weights=weights, results_dir=results, work_dir=work)
+    if quick and full:
+        raise typer.BadParameter("choose one of --quick and --full")
+    size = "quick" if quick else "full" if full else "default"
+    run_real_bench(shared, size=size, weights=weights, results_dir=results, work_dir=work)
 
 
 # ----------------------------------------------------------------------------------------------- demo

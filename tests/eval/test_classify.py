@@ -7,8 +7,13 @@ import torch
 import torch.nn as nn
 
 from fgia.data import DatasetError, read_dataset
-from fgia.eval.classify import ClassifyConfig, align_classes, classify_checkpoint, evaluate_classification
-from fgia.eval.classify import format_classification
+from fgia.eval.classify import (
+    ClassifyConfig,
+    align_classes,
+    classify_checkpoint,
+    evaluate_classification,
+    format_classification,
+)
 from fgia.models import create_model, save_model
 from fgia.models.output import ModelOutput
 

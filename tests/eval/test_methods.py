@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from fgia.data import read_dataset, zero_shot_split
 from fgia.config import save_yaml
+from fgia.data import read_dataset, zero_shot_split
 from fgia.data.synthetic import SynthConfig
 from fgia.eval.methods import (
     MethodsConfig,

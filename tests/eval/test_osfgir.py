@@ -13,12 +13,10 @@ from fgia.data import FineGrainedDataset, OsfgirSplit, Sample
 from fgia.data import OsfgirConfig as SplitConfig
 from fgia.eval.osfgir import OsfgirConfig, default_config, evaluate_osfgir, run_osfgir, split_by_category
 from fgia.retrieval.engine import STAGES, RetrievalEngine
-from fgia.retrieval.system import SystemConfig
+from fgia.retrieval.system import SelectionConfig, SystemConfig
 
-ROWS = [
-    "Coarse full-d", "Coarse 4-d", "C-to-F image-only", "C-to-F unified", "C-to-F full",
-    "C-to-F full + QE", "Single-stage gap-offtheshelf", "Single-stage plain",
-]
+ROWS = ["coarse-32d", "coarse-full", "unified", "c2f-image", "c2f-unified", "c2f", "c2f+qe", "gap-offtheshelf",
+        "plain-finetuned"]
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +24,9 @@ def run(tiny_synth, tmp_path_factory):
     cfg = OsfgirConfig(
         data=tiny_synth,
         split=SplitConfig(aux_fraction=0.5, queries_per_class=2),
-        system=SystemConfig(backbone="test_efficientnet", image_size=48, epochs=1, batch_size=8, head_dim=16,
-                            coarse_dim=4, part_dim=8, top_k=12, classifier_dims=(2, 0), device="cpu"),
+        system=SystemConfig(backbone="test_efficientnet", image_size=48, epochs=1, category_epochs=1, batch_size=8,
+                            coarse_dim=4, part_dim=8, top_k=12, top_k_fraction=None, classifier_dims=(2, 0),
+                            selection=SelectionConfig(validation_fraction=0.0), device="cpu"),
         baselines=["gap-offtheshelf", "plain"],
         timing_queries=3,
         examples=2,
@@ -39,18 +38,18 @@ def run(tiny_synth, tmp_path_factory):
 
 def test_report_has_every_table(run):
     cfg, report = run
-    assert list(report.map_rows) == ROWS
-    for row in report.map_rows.values():
-        assert set(row) == {"birds", "cars", "food", "all"}
-        assert all(0.0 < v <= 1.0 for v in row.values())
-    assert [m["method"] for m in report.methods] == ROWS
-    for m in report.methods:
-        assert m["input_size"] == 48 and m["epochs"] == 1 and m["split_seed"] == 3 and m["backbone"]
-        assert m["dim"] > 0 and 0.0 <= m["R@1"] <= 1.0 and m["ms_per_query"] > 0
-        assert m["mAP"] == report.map_rows[m["method"]]["all"]
+    assert [r["method"] for r in report.rows] == ROWS
+    for row in report.rows:
+        assert set(row["per_category"]) == {"birds", "cars", "food"}
+        assert 0.0 < row["mAP"] <= 1.0 and all(0.0 < v <= 1.0 for v in row["per_category"].values())
+        assert row["input_size"] == 48 and row["split_seed"] == 3 and row["backbone"] and row["label"]
+        assert row["dim"] > 0 and 0.0 <= row["R@1"] <= 1.0 and row["ms_per_query"] > 0
+    assert report.row("gap-offtheshelf")["epochs"] == 0 and report.row("plain-finetuned")["epochs"] == 1
+    assert report.row("unified")["trainable"].startswith("stages after the first")
     assert list(report.classifier) == ["2", "full"]
     assert set(report.timings_ms) == set(STAGES)
-    assert report.timings_ms["total"]["p50"] >= report.timings_ms["fine_feature"]["p50"] > 0
+    assert report.timings_ms["total"]["p50"] >= report.timings_ms["features"]["p50"] > 0
+    assert report.selection is None and {"trunk_cache", "train", "index"} <= set(report.seconds)
     assert report.seed == 3 and report.split["queries"] == 3 * 2 * 2  # 3 categories x 2 D species x 2
     assert report.split["auxiliary"] + report.split["database"] + report.split["queries"] == 3 * 4 * 8
     assert len(report.examples) == 2 and all(len(ex.hits) == 10 for ex in report.examples)
@@ -59,14 +58,14 @@ def test_report_has_every_table(run):
 def test_run_writes_reports_and_resolved_config(run):
     cfg, report = run
     out = cfg.out_dir
-    assert json.loads((out / "report.json").read_text())["map_rows"] == report.map_rows
+    assert json.loads((out / "report.json").read_text())["rows"] == report.rows
     assert "Table 4" in (out / "report.md").read_text() and "base64" in (out / "report.html").read_text()
     again = load_yaml(OsfgirConfig, out / "osfgir.yaml")
     assert again.system == cfg.system and again.seed == 3 and again.data == cfg.data
     assert (out / "split" / "split.json").is_file() and (out / "index" / "engine.json").is_file()
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "osfgir.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "osfgir.yaml", "real.yaml", "real_quick.yaml"])
 def test_packaged_configs_load(name):
     cfg = load_yaml(OsfgirConfig, default_config(name))
     assert cfg.data is None and cfg.system.qe_top == 5 and cfg.system.coarse_dim == 32
@@ -87,13 +86,13 @@ def test_coarse_row_matches_a_hand_computed_map(run):
     engine = RetrievalEngine.load(cfg.out_dir / "index", device="cpu")
     queries = OsfgirSplit.load(cfg.out_dir / "split").queries
     qf = engine.query_features(queries.samples)
-    db, db_labels = engine.arrays["coarse_full"], engine.labels()
+    db, db_labels = engine.arrays["unified"], engine.labels()
     aps = []
-    for q, label in zip(qf.coarse_full, np.array(queries.labels)[qf.index]):
+    for q, label in zip(qf.unified, np.array(queries.labels)[qf.index]):
         relevant = db_labels[np.argsort(((db - q) ** 2).sum(1), kind="stable")] == label
         ranks = np.flatnonzero(relevant) + 1
         aps.append(np.mean(np.arange(1, len(ranks) + 1) / ranks))
-    assert report.map_rows["Coarse full-d"]["all"] == pytest.approx(np.mean(aps), abs=1e-4)
+    assert report.row("unified")["mAP"] == pytest.approx(np.mean(aps), abs=1e-4)
 
 
 def test_evaluate_osfgir_runs_a_config_file_and_prints_tables(run, tmp_path):
@@ -103,4 +102,4 @@ def test_evaluate_osfgir_runs_a_config_file_and_prints_tables(run, tmp_path):
     again = evaluate_osfgir(config=tmp_path / "cfg.yaml", out_dir=tmp_path / "out", progress=False, console=console)
     text = console.export_text()
     assert "Table 5: retrieval mAP" in text and "Table 6" in text and str(tmp_path / "out" / "report.html") in text
-    assert again.map_rows == report.map_rows  # same config and seed: the same numbers
+    assert [r["mAP"] for r in again.rows] == [r["mAP"] for r in report.rows]  # same config and seed: same numbers

@@ -12,7 +12,14 @@ from PIL import Image
 from fgia.data.images import load_image
 from fgia.data.samples import Sample
 from fgia.data.transforms import build_transform
-from fgia.features.extract import ResizeWithOriginalSize, extract_features, extract_from_images, normalize
+from fgia.features.extract import (
+    ResizeWithOriginalSize,
+    TrunkGroup,
+    extract_features,
+    extract_from_images,
+    extract_models,
+    normalize,
+)
 from fgia.models import ModelOutput, create_model
 
 
@@ -77,7 +84,7 @@ def test_models_without_maps_extract_without_regions_only(images):
 
 
 def test_cnnets_with_a_worker_process(images):
-    model = create_model("cnnets", num_classes=3, backbone="test_resnet", head_dim=8).train()
+    model = create_model("cnnets", num_classes=3, backbone="test_resnet", head_layers=1, head_dim=8).train()
     fs = extract_features(model, images, image_size=64, batch_size=4, workers=1, device="auto")
     assert fs.image.shape == fs.region.shape == (2, 16)
     assert fs.image.dtype == np.float32 and np.isfinite(fs.region).all()
@@ -87,8 +94,9 @@ def test_cnnets_with_a_worker_process(images):
 
 def test_device_side_normalisation_matches_the_eval_transform(images):
     image = load_image(images[0].path)
-    resized, size = ResizeWithOriginalSize(48)(image)
-    assert resized.dtype == torch.uint8 and size.tolist() == [100, 50]
+    out = ResizeWithOriginalSize(48, zoom_size=96)(image)
+    resized, size = out["image"], out["size"]
+    assert resized.dtype == torch.uint8 and size.tolist() == [100, 50] and out["zoomed"].shape == (3, 96, 96)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     expected = build_transform(False, 48, mean, std, crop_pct=None)(image)
     torch.testing.assert_close(normalize(resized[None], mean, std)[0], expected, atol=1e-5, rtol=1e-5)
@@ -121,3 +129,49 @@ def test_region_zoom_crops_regions_from_a_sharper_image(tmp_path):
     assert zoomed.region[0, 0] > 3 * plain.region[0, 0]
     with pytest.raises(ValueError, match="region_zoom"):
         extract_features(Detail(), samples, image_size=64, workers=0, device="cpu", region_zoom=0.5)
+
+
+def _count_calls(module: nn.Module) -> list[int]:
+    calls = [0]
+    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_models_sharing_frozen_stages_run_them_once_per_batch(images):
+    torch.manual_seed(0)
+    unified = create_model("cnnets", num_classes=3, backbone="test_resnet", head="cosine", frozen_stages=None)
+    category = unified.restricted_to([0, 2])  # a copy: equal frozen weights, its own top
+    other = create_model("plain", num_classes=2, backbone="test_resnet", frozen_stages=2)  # other weights
+    group = TrunkGroup({"unified": unified, "category": category, "other": other})
+    assert group.groups == [["unified", "category"], ["other"]]
+    calls = {name: _count_calls(m.trunk[0] if name != "other" else m.trunk.stages[0])
+             for name, m in group.models.items()}
+    feats = extract_models(group, images, image_size=48, batch_size=4, workers=0, device="cpu")
+    # one batch: the whole images, then the region crops, each through one lower trunk per group
+    assert (calls["unified"][0], calls["category"][0], calls["other"][0]) == (2, 0, 2)
+    for name, model in group.models.items():
+        alone = extract_features(model, images, image_size=48, workers=0, device="cpu", regions=False)
+        np.testing.assert_allclose(feats[name].image, alone.image, atol=1e-5)
+        assert feats[name].index.tolist() == [0, 2] and feats[name].skipped == 1
+    # every model featurises the region found by `region_from` (the first model)
+    np.testing.assert_allclose(feats["category"].boxes, feats["unified"].boxes)
+
+
+class Centroid(MeanColour):
+    """MeanColour's maps; embedding = the brightness-weighted mean column (mirrored: width - 1 - it)."""
+
+    embedding_dim = 1
+
+    def forward(self, x):
+        out = super().forward(x)
+        weight = x.mean(1).sum(1) + 1e-6  # (B, W)
+        columns = torch.arange(x.shape[-1], dtype=x.dtype)
+        out.embedding = ((weight * columns).sum(1) / weight.sum(1))[:, None]
+        return out
+
+
+def test_flip_averages_each_embedding_with_its_mirror_images(images):
+    plain = extract_features(Centroid(), images, image_size=64, workers=0, device="cpu", regions=False)
+    flipped = extract_features(Centroid(), images, image_size=64, workers=0, device="cpu", regions=False, flip=True)
+    np.testing.assert_allclose(plain.image[0, 0], 0.625 * 64 - 0.5, atol=0.1)  # the red square: x 50-75 of 100
+    np.testing.assert_allclose(flipped.image, 31.5, atol=1e-3)  # (63 - c + c) / 2, whatever the image

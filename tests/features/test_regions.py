@@ -52,14 +52,29 @@ def test_fallback_to_whole_image():
 
 
 def test_normalize_and_bad_input():
-    norm = normalize_map(np.array([[2.0, 4.0], [6.0, 10.0]]))
-    np.testing.assert_allclose(norm, [[0, 0.25], [0.5, 1.0]])
+    norm = normalize_map(np.array([[2.0, 4.0], [-6.0, 10.0]]))
+    np.testing.assert_allclose(norm, [[0.2, 0.4], [0.0, 1.0]])  # divided by the maximum, negatives clipped
+    np.testing.assert_allclose(normalize_map(np.full((2, 2), -1.0)), np.ones((2, 2)))
     with pytest.raises(ValueError, match="NaN"):
         region_box(np.array([[np.nan, 1.0]]))
     with pytest.raises(ValueError, match="2-D"):
         region_box(np.zeros((2, 2, 2)))
     with pytest.raises(ValueError, match="threshold"):
         region_box(_map(), threshold=1.5)
+
+
+def test_divided_by_the_maximum_not_stretched_to_the_minimum():
+    m = np.full((10, 10), 6.0)
+    m[2:4, 2:4] = 10.0  # everything is at least 0.6 of the peak: the whole map is the region
+    np.testing.assert_allclose(region_box(m), [0, 0, 1, 1])
+
+
+def test_maps_are_resized_to_the_input_before_the_box():
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 1:3, 1:3] = 1.0
+    np.testing.assert_allclose(region_boxes(maps)[0], [0.25, 0.25, 0.75, 0.75])
+    # bilinear upsampling spreads the peak: at t = 0.5 the box still ends half way into the neighbours
+    np.testing.assert_allclose(region_boxes(maps, upsample_to=64)[0], [0.25, 0.25, 0.75, 0.75], atol=2 / 64)
 
 
 def test_batch_and_scaling_to_pixels():

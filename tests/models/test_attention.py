@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fgia.models.attention import AttentionCrop
 from fgia.models import load_model, save_model
+from fgia.models.attention import AttentionCrop
 from fgia.models.output import ModelOutput
 from fgia.models.registry import create_model
 

@@ -12,7 +12,7 @@ from fgia.models import create_model, load_model, save_model
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    m = create_model("cnnets", num_classes=3, backbone="test_resnet", head_dim=8, head_stages=1)
+    m = create_model("cnnets", num_classes=3, backbone="test_resnet", head_dim=8, head_layers=1, head_stages=1)
     with torch.no_grad():  # make BN statistics non-default so a lost buffer would show
         m.train()(torch.randn(4, 3, 64, 64))
     return m.eval()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fgia.models.encoders import BilinearPool, CompactBilinearPool, signed_sqrt_l2
 from fgia.models import load_model, save_model
+from fgia.models.encoders import BilinearPool, CompactBilinearPool, signed_sqrt_l2
 from fgia.models.output import ModelOutput
 from fgia.models.registry import create_model
 

@@ -10,18 +10,21 @@ import pytest
 from fgia.data import OsfgirSplit, build_osfgir_split, read_dataset
 from fgia.eval.osfgir import split_by_category
 from fgia.retrieval.engine import build_index
-from fgia.retrieval.system import SystemConfig, train_system
+from fgia.retrieval.system import SelectionConfig, SystemConfig, train_system
 
 TINY_SYSTEM = SystemConfig(
     backbone="test_efficientnet",
     image_size=48,
     epochs=1,
+    category_epochs=1,
     batch_size=8,
-    head_dim=16,
     coarse_dim=4,
     part_dim=8,
     top_k=12,
+    top_k_fraction=None,
+    offtheshelf_weight=0.3,
     classifier_dims=(2, 4, 0),
+    selection=SelectionConfig(validation_fraction=0.0),
     device="cpu",
 )
 

@@ -9,7 +9,7 @@ import pytest
 
 from fgia.data import ImageLoadError, load_image
 from fgia.index import IndexMismatchError
-from fgia.retrieval.engine import STAGES, RetrievalEngine, build_index, search_files
+from fgia.retrieval.engine import PIPELINES, STAGES, RetrievalEngine, build_index, search_files
 from fgia.retrieval.system import CLASSIFIER_FILE, CoarseClassifier
 
 
@@ -23,9 +23,10 @@ def test_index_holds_every_stage_for_every_database_image(built, engine):
     stats = engine.stats()
     assert stats["images"] == len(engine) == n
     assert stats["labelled"] == sum(s.label >= 0 for s in built.split.database.samples)
-    names = {"coarse", "coarse_full", "route", "box", "fine/unified"} | {f"fine/{c}" for c in stats["categories"]}
-    assert set(stats["dims"]) == names
+    names = {"coarse", "unified", "route", "box", "fine/unified"} | {f"fine/{c}" for c in stats["categories"]}
+    assert set(stats["dims"]) == names  # category models: a fine feature under each of them too
     assert stats["dims"]["coarse"] == 4 and stats["dims"]["fine/unified"] == 16  # [8-d image, 8-d region]
+    assert set(engine.system.models) == {"unified", "offtheshelf", *stats["categories"]}
     for name in names - {"coarse"}:
         assert len(engine.arrays[name]) == n
     assert engine.image_path(3) == built.split.database.samples[3].path.resolve()
@@ -33,7 +34,7 @@ def test_index_holds_every_stage_for_every_database_image(built, engine):
         engine.image_path(n)
 
 
-@pytest.mark.parametrize("pipeline", ["c2f", "c2f-image", "c2f-unified", "single"])
+@pytest.mark.parametrize("pipeline", PIPELINES)
 def test_a_database_image_finds_itself_first(built, engine, pipeline):
     sample = next(s for s in built.split.database.samples if s.label >= 0)
     own_id = built.split.database.samples.index(sample)
@@ -43,7 +44,7 @@ def test_a_database_image_finds_itself_first(built, engine, pipeline):
     assert len(result.ids) == 5
     # c2f ranks candidates routed like the query first, each group by distance; single-stage by distance only.
     other = engine.arrays["route"][result.ids, 0] != engine.system.categories.index(result.category)
-    if pipeline == "single":
+    if not pipeline.startswith("c2f"):
         other[:] = False
     assert other.tolist() == sorted(other.tolist())
     for group in (~other, other):
@@ -62,7 +63,7 @@ def test_search_result_fields_and_timings(built, engine):
     assert 0 <= x1 < x2 <= image.width and 0 <= y1 < y2 <= image.height
     assert result.confidence_map.ndim == 2
     assert set(result.timings_ms) == set(STAGES)
-    assert all(v > 0 for v in result.timings_ms.values())
+    assert all(v > 0 for v in result.timings_ms.values())  # c2f runs every stage
     assert result.timings_ms["total"] >= sum(v for k, v in result.timings_ms.items() if k != "total")
     assert set(result.to_dict()) >= {"ids", "distances", "paths", "labels", "category", "region_box"}
 
@@ -76,16 +77,39 @@ def test_batched_ranking_matches_single_query_search(built, engine):
         [result] = engine.search([load_image(s.path)], top_k=engine.top_k, query_expansion=True)
         assert result.ids == ranking.row(i)[0].tolist()
         np.testing.assert_allclose(result.distances, ranking.row(i)[1], atol=1e-4)
+    batch = engine.search([load_image(s.path) for s in queries], top_k=engine.top_k, query_expansion=True)
+    assert [r.ids for r in batch] == [ranking.row(i)[0].tolist() for i in range(3)]
+
+
+def test_full_rankings_cover_the_database_candidates_first(built, engine):
+    qf = engine.query_features(built.split.queries.samples[:2])
+    top = engine.rank(qf, "c2f")
+    full = engine.rank(qf, "c2f", full=True)
+    assert full.ids.shape == (2, len(engine))
+    for i in range(2):
+        assert sorted(full.ids[i].tolist()) == list(range(len(engine)))
+        assert full.ids[i, : engine.top_k].tolist() == top.ids[i].tolist()
+        rest = full.ids[i, engine.top_k :]  # after the candidates: the rest of the database in coarse order
+        coarse = np.linalg.norm(engine.arrays["coarse"][rest] - qf.coarse[i], axis=1)
+        assert (np.diff(coarse) >= -1e-6).all()
+
+
+def test_query_expansion_searches_again_from_the_averaged_query(built, engine):
+    qf = engine.query_features(built.split.queries.samples[:1])
+    plain = engine.rank(qf, "unified", top_k=len(engine))
+    top = plain.ids[0, : engine.system.config.qe_top]
+    expanded = (qf.unified[0] + engine.arrays["unified"][top].sum(0)) / (1 + len(top))
+    by_hand = np.argsort(np.linalg.norm(engine.arrays["unified"] - expanded, axis=1), kind="stable")
+    np.testing.assert_array_equal(engine.rank(qf, "unified", query_expansion=True, top_k=len(engine)).ids[0],
+                                  by_hand)
 
 
 def test_bad_requests_are_refused(built, engine):
     image = load_image(built.split.queries.samples[0].path)
-    with pytest.raises(ValueError, match="unknown pipeline"):
+    with pytest.raises(ValueError, match="unknown pipeline 'fastest'"):
         engine.search([image], pipeline="fastest")
-    with pytest.raises(ValueError, match="query expansion applies"):
-        engine.search([image], pipeline="single", query_expansion=True)
-    with pytest.raises(ValueError, match="single-stage search needs a feature"):
-        engine.search([image], pipeline="single", feature="route")
+    with pytest.raises(ValueError, match="top_k"):
+        engine.search([image], top_k=0)
     with pytest.raises(FileExistsError):
         build_index(built.system_dir, built.split.database, built.index_dir, device="cpu")
     with pytest.raises(FileNotFoundError, match="not a retrieval index"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fgia.retrieval.search import Ranking, coarse_to_fine, expand_queries, fine_stage, knn, rerank
+from fgia.retrieval.search import average_query_expansion, knn, rerank
 
 
 def test_knn_orders_by_euclidean_distance_and_pads():
@@ -52,21 +52,11 @@ def test_rerank_routes_each_query_to_its_model():
         rerank(queries, model_a, np.array([[0, 3], [0, 1]]))
 
 
-def test_coarse_to_fine_recovers_what_coarse_alone_misses():
-    # Coarse features put the true match (row 1) second; fine features resolve it. Row 3 is coarse-far
-    # but fine-identical to the query: outside the top-K it must stay unranked.
-    coarse_db = np.array([[0.0], [0.1], [0.2], [5.0]], dtype=np.float32)
-    fine_db = np.array([[5.0, 0], [0.1, 0], [3.0, 0], [0.0, 0]], dtype=np.float32)
-    r = coarse_to_fine(np.array([[0.0]]), coarse_db, np.array([[0.0, 0.0]]), fine_db, top_k=3)
-    assert knn(np.array([[0.0]]), coarse_db, 3).ids[0].tolist() == [0, 1, 2]
-    assert r.ids[0].tolist() == [1, 2, 0]
-
-
 def test_query_expansion_averages_query_and_top_hits():
     db = np.array([[1.0, 0], [3.0, 0], [100.0, 0]], dtype=np.float32)
-    ranking = Ranking(ids=np.array([[1, 0, 2]]), distances=np.zeros((1, 3), dtype=np.float32))
-    q = np.array([[2.0, 6.0]], dtype=np.float32)
-    np.testing.assert_allclose(expand_queries(q, db, ranking, top=2), [[(2 + 3 + 1) / 3, 2.0]])
+    q = np.array([[2.0, 6.0], [0.0, 3.0]], dtype=np.float32)
+    hits = np.array([[1, 0], [2, -1]])  # -1: fewer hits than asked
+    np.testing.assert_allclose(average_query_expansion(q, db, hits), [[(2 + 3 + 1) / 3, 2.0], [50.0, 1.5]])
 
 
 def test_query_expansion_pulls_in_a_match_near_the_top_hits():
@@ -74,9 +64,8 @@ def test_query_expansion_pulls_in_a_match_near_the_top_hits():
     # (rows 0-2) dominates its top hits, so the expanded query moves to that cluster.
     db = np.array([[0.0], [0.2], [0.4], [1.45], [3.0]], dtype=np.float32)
     q = np.array([[1.0]], dtype=np.float32)
-    cand = np.array([[0, 1, 2, 3, 4]])
-    plain = fine_stage(q, db, cand)
-    expanded = fine_stage(q, db, cand, qe_top=3)
+    plain = knn(q, db, 5)
+    expanded = knn(average_query_expansion(q, db, plain.ids[:, :3]), db, 5)
     assert plain.ids[0, 0] == 3
     assert expanded.ids[0, :2].tolist() == [2, 1]
 

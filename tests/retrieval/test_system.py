@@ -15,14 +15,16 @@ from fgia.retrieval.system import (
 
 
 def test_config_validates_and_resolves_top_k():
-    assert SystemConfig(top_k=50).resolve_top_k(1000) == 50
+    assert SystemConfig(top_k=50, top_k_fraction=None).resolve_top_k(1000) == 50
     assert SystemConfig(top_k_fraction=0.25).resolve_top_k(1000) == 250
     assert SystemConfig(top_k_fraction=0.001).resolve_top_k(10) == 1
     for bad in ({"top_k_fraction": 0.0}, {"threshold": 1.5}, {"qe_top": -1}, {"coarse_dim": 0}):
         with pytest.raises(ValueError):
             SystemConfig(**bad)
-    train = SystemConfig(backbone="test_resnet", epochs=3, train_options={"optimizer": "adamw"}).train_config()
-    assert (train.model, train.model_kwargs["backbone"], train.epochs, train.optimizer) == ("cnnets", "test_resnet", 3, "adamw")
+    train = SystemConfig(backbone="test_resnet", epochs=3, train_options={"weight_decay": 0.5}).train_config()
+    assert (train.model, train.model_kwargs["backbone"], train.epochs, train.weight_decay) == \
+        ("cnnets", "test_resnet", 3, 0.5)
+    assert train.model_kwargs["frozen_stages"] is None and train.cache_trunk  # only the sub-nets train
 
 
 def _blobs(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,8 +59,10 @@ def test_accuracy_table_follows_pca_dimension():
 def test_saved_system_loads_with_everything(built):
     system = load_system(built.system_dir, device="cpu")
     assert system.categories == sorted(built.split.categories)
-    assert set(system.models) == {"unified", *system.categories}
+    assert set(system.models) == {"unified", "offtheshelf", *system.categories}
+    assert system.fine_models == ["unified", *system.categories]
     assert system.fine_dim == 16 and system.coarse_pca.n_components == 4
+    assert system.group.groups == [list(system.models)]  # one frozen lower trunk shared by every model
     emb, cats = load_aux_embeddings(built.system_dir)
     assert len(emb) == len(cats) == len(built.split.auxiliary)
     assert load_system(built.system_dir).fingerprint == system.fingerprint

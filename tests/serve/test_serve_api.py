@@ -58,11 +58,11 @@ def test_search_ranks_same_colour_first(client, fake_engine, colour, fmt, ctype,
 
 
 def test_options_reach_the_engine(client, fake_engine, solid):
-    resp = upload(client, encode(solid("red")), top_k=2, pipeline="single", query_expansion="true")
+    resp = upload(client, encode(solid("red")), top_k=2, pipeline="coarse", query_expansion="true")
     assert resp.status_code == 200, resp.text
     assert len(resp.json()["hits"]) == 2
-    assert resp.json()["options"] == {"top_k": 2, "pipeline": "single", "query_expansion": True}
-    assert fake_engine.calls[-1]["pipeline"] == "single" and fake_engine.calls[-1]["qe"] is True
+    assert resp.json()["options"] == {"top_k": 2, "pipeline": "coarse", "query_expansion": True}
+    assert fake_engine.calls[-1]["pipeline"] == "coarse" and fake_engine.calls[-1]["qe"] is True
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("L", 100), ("LA", 100), ("P", 100), ("CMYK", 100), ("I;16", 117)])
@@ -135,7 +135,7 @@ def test_wrong_request_shapes(client, fake_engine, solid):
 
 def test_engine_refusing_options_is_422(client, fake_engine, solid):
     fake_engine.fail_with = ValueError("query expansion applies to the coarse-to-fine pipelines only")
-    resp = upload(client, encode(solid("red")), pipeline="single", query_expansion="true")
+    resp = upload(client, encode(solid("red")), pipeline="coarse", query_expansion="true")
     assert resp.status_code == 422 and "query expansion" in resp.json()["detail"]
 
 

@@ -33,12 +33,12 @@ def test_concurrent_queries_share_one_batch_and_get_their_own_answers(fake_engin
 
 
 def test_batches_respect_max_batch_and_split_by_options(fake_engine, solid):
-    single = SearchOptions(top_k=3, pipeline="single", query_expansion=True)
+    single = SearchOptions(top_k=3, pipeline="coarse", query_expansion=True)
     jobs = [(query(solid, "red"), C2F)] * 3 + [(query(solid, "blue"), single)] * 2
     batcher = SearchBatcher(fake_engine, max_batch=4, max_wait_ms=200)
     results = asyncio.run(run_concurrently(batcher, jobs))
     calls = [(c["n"], c["pipeline"], c["top_k"]) for c in fake_engine.calls]
-    assert calls == [(3, "c2f", 2), (1, "single", 3), (1, "single", 3)]
+    assert calls == [(3, "c2f", 2), (1, "coarse", 3), (1, "coarse", 3)]
     assert [len(r.ids) for r, _ in results] == [2, 2, 2, 3, 3]
 
 

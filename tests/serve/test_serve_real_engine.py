@@ -52,7 +52,7 @@ def test_database_image_finds_itself_in_every_pipeline(engine, real_index):
         x1, y1, x2, y2 = body["region_box"]
         assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
         assert np.asarray(body["confidence_map"]).ndim == 2
-        assert {"coarse_feature", "coarse_search", "classifier", "fine_feature", "fine_search", "total"} <= set(
+        assert {"features", "coarse_search", "classifier", "fine_search", "total"} <= set(
             body["timings_ms"])
         assert client.get(f"/images/{query_id}").content == path.read_bytes()
         assert client.get(f"/images/{len(engine)}").status_code == 404

@@ -12,8 +12,8 @@ import torch.nn as nn
 import fgia.train.metric_learning  # noqa: F401  (registers the losses)
 from fgia.models.output import ModelOutput
 from fgia.train.config import TrainConfig
-from fgia.train.losses import build_loss
 from fgia.train.distributed import PKSampler
+from fgia.train.losses import build_loss
 from fgia.train.metric_learning import model_dims
 from fgia.train.trainer import TrainStep
 

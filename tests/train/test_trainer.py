@@ -187,14 +187,15 @@ def test_backbone_lr_scale_and_weight_decay_groups():
 @pytest.mark.parametrize("freeze", [True, False])
 def test_freeze_backbone_bn_keeps_pretrained_statistics(one_category, tiny_config, freeze):
     from fgia.models import create_model
-    from fgia.train.trainer import backbone_norm_layers
+    from fgia.train.trainer import backbone_norm_layers, is_backbone_parameter
 
     model = create_model("cnnets", num_classes=len(one_category.classes), backbone="test_resnet", head_dim=16)
     before = {n: b.clone() for n, b in model.named_buffers() if n.endswith("running_mean")}
     fit(tiny_config(epochs=1, freeze_backbone_bn=freeze, backbone_lr_scale=0.0), one_category, progress=False,
         model=model)
     after = dict(model.named_buffers())
-    backbone = {n for n in before if n.startswith("trunk.")}
-    assert backbone and backbone_norm_layers(model)
+    backbone = {n for n in before if is_backbone_parameter(n)}  # the trunk and the sub-nets' copies of its stages
+    new = before.keys() - backbone  # e.g. Norm-Net's BatchNorm of the class maps
+    assert backbone and new and backbone_norm_layers(model)
     assert all(torch.equal(before[n], after[n]) for n in backbone) == freeze
-    assert not any(torch.equal(before[n], after[n]) for n in before.keys() - backbone)  # heads' BN always learn
+    assert not any(torch.equal(before[n], after[n]) for n in new)  # new layers' BatchNorm always learns

@@ -6,6 +6,7 @@ from fgia.data.protocols import (
     OsfgirConfig,
     OsfgirSplit,
     build_osfgir_split,
+    hold_out_classes,
     official_split,
     read_shared_composite,
     zero_shot_split,
@@ -44,5 +45,6 @@ __all__ = [
     "read_dataset",
     "read_shared_composite",
     "write_manifest",
+    "hold_out_classes",
     "zero_shot_split",
 ]

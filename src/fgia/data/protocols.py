@@ -43,6 +43,30 @@ def zero_shot_split(ds: FineGrainedDataset) -> tuple[FineGrainedDataset, FineGra
     )
 
 
+def hold_out_classes(
+    ds: FineGrainedDataset, fraction: float, seed: int = 0
+) -> tuple[FineGrainedDataset, FineGrainedDataset]:
+    """(kept, held out) by class: per meta-category a seeded `fraction` of its classes (at least 2, and at least
+    one class kept) is held out, e.g. to choose a recipe on species the models never saw. Labels keep their
+    numbering in both halves' own class lists (each renumbered from 0)."""
+    if not 0 < fraction < 1:
+        raise DatasetError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    held: list[int] = []
+    by_category: dict[str | None, list[int]] = {}
+    for s in ds.samples:
+        if s.label >= 0 and s.label not in by_category.setdefault(s.category, []):
+            by_category[s.category].append(s.label)
+    for category, labels in sorted(by_category.items(), key=lambda kv: str(kv[0])):
+        if len(labels) < 3:
+            raise DatasetError(f"{ds.name}: category {category!r} has {len(labels)} classes; holding out 2 for "
+                               "validation needs at least 3")
+        rng = np.random.default_rng([seed, zlib.crc32(str(category).encode())])
+        n = min(max(2, round(fraction * len(labels))), len(labels) - 1)
+        held += rng.permutation(sorted(labels))[:n].tolist()
+    kept = sorted(set(s.label for s in ds.samples if s.label >= 0) - set(held))
+    return (ds.with_classes(kept, name=f"{ds.name}:fit"), ds.with_classes(sorted(held), name=f"{ds.name}:val"))
+
+
 @dataclass
 class OsfgirConfig:
     """How an OSFGIR split is drawn (see `build_osfgir_split`)."""

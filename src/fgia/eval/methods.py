@@ -38,13 +38,13 @@ from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.eval.classify import ClassifyConfig, evaluate_classification
 from fgia.eval.metrics import evaluate_retrieval
 from fgia.features.descriptors import (
+    DescriptorModel,
     PreLogits,
     create_descriptor,
-    extract_descriptors,
     fit_descriptor,
     fit_whitening,
 )
-from fgia.features.extract import extract_features
+from fgia.features.extract import extract_models
 from fgia.features.pca import l2_normalize
 from fgia.models import create_network, create_trunk
 from fgia.runtime import atomic_write_text, seed_everything
@@ -75,6 +75,7 @@ class MethodsConfig:
     lr: float = 0.01
     backbone_lr_scale: float = 1.0
     optimizer: str = "sgd"
+    label_smoothing: float = 0.0
     whiten: bool = True
     pca_dim: int | None = None
     holdout_every: int = 4
@@ -86,6 +87,7 @@ class MethodsConfig:
                                  "cnnets": {"head_dim": 256}})
     loss_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     descriptor_kwargs: dict[str, dict[str, Any]] = field(default_factory=lambda: {"vlad": {"clusters": 8}})
+    train_options: dict[str, Any] = field(default_factory=dict)  # any other TrainConfig field
     synth: SynthConfig = field(default_factory=SynthConfig)  # the benchmark generated when no dataset is given
 
     def __post_init__(self) -> None:
@@ -181,9 +183,10 @@ class MethodEmbedder:
                                            **cfg.model_kwargs.get(model, {})},
                 image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                 backbone_lr_scale=cfg.backbone_lr_scale, optimizer=cfg.optimizer,
-                warmup_epochs=min(1.0, cfg.epochs), loss=loss,
+                label_smoothing=cfg.label_smoothing, warmup_epochs=min(1.0, cfg.epochs), loss=loss,
                 pk_images=cfg.pk_images if method in METRIC_LOSSES else 0,
-                loss_kwargs=cfg.loss_kwargs.get(loss, {}), seed=cfg.seed, workers=cfg.workers, device=cfg.device)
+                loss_kwargs=cfg.loss_kwargs.get(loss, {}), seed=cfg.seed, workers=cfg.workers, device=cfg.device,
+                **cfg.train_options)
             start = time.perf_counter()
             result = fit(train_cfg, self.fit_set, None, progress=False)
             self.trained[method] = (result.model, time.perf_counter() - start)
@@ -196,38 +199,53 @@ class MethodEmbedder:
             self._offtheshelf = create_trunk(self.cfg.backbone, self.cfg.weights).eval()
         return self._offtheshelf
 
-    def embed(self, method: str, *sample_lists: Sequence[Sample]) -> list[Embedding]:
-        """The method's post-processed features of each list of samples (whitening fitted on the auxiliary set)."""
+    def model(self, method: str) -> tuple[nn.Module, float | None, float | None]:
+        """(the model whose embedding is the method's raw feature, training seconds, held-out top-1)."""
         kind, mode = parse_method(method)
-        top1 = train_seconds = None
         if mode is None:
             model, train_seconds = self.train(method)
-            extract = partial(extract_features, model, regions=False, **self.extract)
+            top1 = None
             if method in CE_MODELS or self.cfg.loss_kwargs.get(method, {}).get("ce_weight", 0) > 0:
                 classify = ClassifyConfig(split=None, image_size=self.cfg.image_size,
                                           batch_size=self.cfg.batch_size, workers=self.cfg.workers,
                                           device=self.cfg.device)
                 top1 = evaluate_classification(model, self.val_set, cfg=classify)["top1"]
+            return model, train_seconds, top1
+        train_seconds = None
+        if mode == "finetuned":
+            plain, train_seconds = self.train("plain")
+            trunk = plain.trunk
         else:
-            if mode == "finetuned":
-                plain, train_seconds = self.train("plain")
-                trunk = plain.trunk
-            else:
-                trunk = self.offtheshelf_trunk()
-            descriptor = self._descriptor(kind, mode)
-            fit_descriptor(descriptor, trunk, self.aux.samples, seed=self.cfg.seed, **self.extract)
-            extract = partial(extract_descriptors, trunk, descriptor, **self.extract)
-        whitening = fit_whitening(extract(self.aux.samples).image, self.cfg.pca_dim) if self.cfg.whiten else None
-        out = []
+            trunk = self.offtheshelf_trunk()
+        descriptor = self._descriptor(kind, mode)
+        fit_descriptor(descriptor, trunk, self.aux.samples, seed=self.cfg.seed, **self.extract)
+        shared = self.cfg.model_kwargs.get("plain", {}).get("frozen_stages", 0) if mode == "offtheshelf" else 0
+        return DescriptorModel(trunk, descriptor, frozen_stages=shared), train_seconds, None
+
+    def embed(self, method: str, *sample_lists: Sequence[Sample]) -> list[Embedding]:
+        """The method's post-processed features of each list of samples (whitening fitted on the auxiliary set)."""
+        return self.embed_all([method], *sample_lists)[method]
+
+    def embed_all(self, methods: Sequence[str], *sample_lists: Sequence[Sample]) -> dict[str, list[Embedding]]:
+        """`embed` for several methods with one pass over each list of samples: models that share frozen trunk
+        stages (off-the-shelf descriptors, fine-tuned models with frozen stages) run them once per image.
+        `ms_per_image` is then that shared pass's time per image."""
+        built = {method: self.model(method) for method in methods}
+        models = {method: model for method, (model, _, _) in built.items()}
+        extract = partial(extract_models, models, regions=False, **self.extract)
+        whitening = {}
+        if self.cfg.whiten:
+            aux = extract(self.aux.samples)
+            whitening = {m: fit_whitening(aux[m].image, self.cfg.pca_dim) for m in methods}
+        out: dict[str, list[Embedding]] = {m: [] for m in methods}
         for samples in sample_lists:
             start = time.perf_counter()
-            fs = extract(list(samples))
-            ms = 1000 * (time.perf_counter() - start) / max(1, len(fs))
-            if whitening is not None:
-                features = whitening.transform(fs.image)
-            else:
-                features = l2_normalize(fs.image)
-            out.append(Embedding(features, fs.index, ms, top1, train_seconds))
+            feats = extract(list(samples))
+            ms = 1000 * (time.perf_counter() - start) / max(1, len(feats[methods[0]]))
+            for method, fs in feats.items():
+                features = whitening[method].transform(fs.image) if method in whitening else l2_normalize(fs.image)
+                _, train_seconds, top1 = built[method]
+                out[method].append(Embedding(features, fs.index, ms, top1, train_seconds))
         return out
 
     def _descriptor(self, name: str, mode: str) -> nn.Module:

@@ -7,6 +7,7 @@ packaged default config (configs/demo.yaml) on the synthetic benchmark, or on a 
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import time
@@ -30,14 +31,25 @@ from fgia.data import (
 )
 from fgia.data import OsfgirConfig as SplitConfig
 from fgia.data.protocols import SHARED_COMPOSITE
+from fgia.data.samples import Sample
 from fgia.data.synthetic import SynthConfig, generate_benchmark
-from fgia.eval.methods import MethodEmbedder, MethodsConfig
-from fgia.eval.metrics import evaluate_rankings, evaluate_retrieval
-from fgia.eval.report import Hit, OsfgirReport, QueryExample, print_report, write_report
-from fgia.retrieval.engine import ENGINE_FILE, STAGES, ImageFeatures, RetrievalEngine, build_index
-from fgia.retrieval.search import Ranking, knn
-from fgia.retrieval.system import SystemConfig, coarse_accuracy_table, load_aux_embeddings, train_system
-from fgia.runtime import atomic_path, pick_device, seed_everything
+from fgia.eval.methods import MethodEmbedder, MethodsConfig, parse_method
+from fgia.eval.metrics import evaluate_rankings
+from fgia.eval.report import Hit, OsfgirReport, QueryExample, print_report, to_markdown, write_report
+from fgia.features.extract import extract_models
+from fgia.retrieval.engine import ENGINE_FILE, STAGES, ImageFeatures, Pipeline, RetrievalEngine, build_index
+from fgia.retrieval.search import knn
+from fgia.retrieval.system import (
+    SYSTEM_FILE,
+    SystemConfig,
+    coarse_accuracy_table,
+    conv_feature,
+    load_aux_embeddings,
+    train_system,
+    unified_model,
+)
+from fgia.runtime import atomic_write_text, pick_device, seed_everything
+from fgia.train import UNIFIED
 
 DEMO_CONFIG = "demo.yaml"
 OSFGIR_CONFIG = "osfgir.yaml"
@@ -113,155 +125,170 @@ def run_osfgir(cfg: OsfgirConfig, progress: bool = True, console: Console | None
                                cfg.seed, s.max_images_per_class)
     split.save(out / "split")
     console.log(f"training the system on {len(split.auxiliary)} auxiliary images")
-    system_dir = train_system(split.auxiliary, cfg.system, out / "system", progress=progress)
+    system_dir = train_system(split.auxiliary, cfg.system, out / "system", progress=progress, console=console)
+    system_info = json.loads((system_dir / SYSTEM_FILE).read_text(encoding="utf-8"))
     console.log(f"indexing {len(split.database)} database images")
     index_dir = out / "index"
     if (index_dir / ENGINE_FILE).is_file():
         shutil.rmtree(index_dir)  # a previous run's index, built by a system this run has just replaced
-    build_index(system_dir, split.database, index_dir, factory=cfg.factory, device=cfg.system.device)
+    index_started = time.perf_counter()
+    build_index(system_dir, split.database, index_dir, factory=cfg.factory, device=cfg.system.device,
+                progress=progress)
+    index_s = time.perf_counter() - index_started
     engine = RetrievalEngine.load(index_dir, device=cfg.system.device)
 
     console.log(f"querying with {len(split.queries)} images")
     queries = split.queries
-    qf = engine.query_features(queries.samples)
+    qf = engine.query_features(queries.samples, progress=progress)
     query_labels = np.array(queries.labels)[qf.index]
     query_categories = [queries.samples[i].category for i in qf.index]
-    scores = _pipeline_scores(engine, qf, query_labels, query_categories)
+    latency, timings, examples = _timed_queries(engine, queries, cfg.timing_queries, cfg.examples)
+    system_cfg = engine.system.config
+    facts = {"backbone": system_cfg.backbone, "weights": system_cfg.weights, "input_size": system_cfg.image_size,
+             "epochs": system_cfg.epochs, "head": system_cfg.head, "split_seed": split.seed,
+             "trainable": _trainable(engine.system.models[UNIFIED])}
+    rows = _pipeline_rows(engine, qf, query_labels, query_categories, latency, facts)
     console.log(f"single-stage baselines: {', '.join(cfg.baselines)}")
-    scores |= _baseline_scores(cfg, split, qf.index, query_labels, query_categories, engine.labels())
+    rows += _baseline_rows(cfg, split, qf.index, query_labels, query_categories, engine.labels(), facts)
     aux_embedding, aux_targets = load_aux_embeddings(system_dir)
     targets = np.array([engine.system.categories.index(c) for c in query_categories])
-    classifier = coarse_accuracy_table(aux_embedding, aux_targets, qf.coarse_full, targets,
-                                       cfg.system.classifier_dims, cfg.seed)
-    latency, timings, examples = _timed_queries(engine, queries, cfg.timing_queries, cfg.examples)
-    run_facts = {"backbone": cfg.system.backbone, "weights": cfg.system.weights, "input_size": cfg.system.image_size,
-                 "epochs": cfg.system.epochs, "split_seed": split.seed}
-    methods = [{"method": name, **run_facts, "dim": sc.dim, "mAP": sc.map["all"], "R@1": sc.r1,
-                "ms_per_query": sc.ms_per_query if sc.ms_per_query is not None else latency.get(name)}
-               for name, sc in scores.items()]
+    conv = conv_feature(engine.system.models[UNIFIED], qf.unified)
+    classifier = coarse_accuracy_table(aux_embedding, aux_targets, conv, targets, cfg.system.classifier_dims, cfg.seed)
     report = OsfgirReport(
         config=to_dict(cfg),
         seed=cfg.seed,
         split=_split_summary(split),
         versions=_versions(cfg.system.device),
-        map_rows={name: sc.map for name, sc in scores.items()},
-        methods=methods,
+        rows=rows,
         classifier=classifier,
         timings_ms=timings,
         examples=examples,
+        selection=system_info.get("selection"),
+        seconds={**system_info["seconds"], "index": index_s},
         elapsed_s=time.perf_counter() - started,
     )
     write_report(report, out)
     return report
 
 
-@dataclass
-class RowScores:
-    """One retrieval method's result: mAP per query meta-category (and "all"), R@1 over all queries, feature
-    dim, and ms per query when measured apart from the engine's single-query searches."""
-
-    map: dict[str, float]
-    r1: float
-    dim: int
-    ms_per_query: float | None = None
-
-
-ENGINE_ROWS = {  # report row -> (pipeline, query expansion, stored feature searched by "single")
-    "Coarse full-d": ("single", False, "coarse_full"),
-    "Coarse {coarse_dim}-d": ("single", False, "coarse"),
-    "C-to-F image-only": ("c2f-image", False, None),
-    "C-to-F unified": ("c2f-unified", False, None),
-    "C-to-F full": ("c2f", False, None),
-    "C-to-F full + QE": ("c2f", True, None),
+PIPELINE_ROWS = {  # report row -> (pipeline, query expansion, label)
+    "coarse-32d": (Pipeline.COARSE, False, "Coarse {coarse_dim}-d"),
+    "coarse-full": (Pipeline.COARSE_FULL, False, "Coarse full-d"),
+    "unified": (Pipeline.UNIFIED, False, "Unified"),
+    "c2f-image": (Pipeline.C2F_IMAGE, False, "C-to-F, routed model, image only"),
+    "c2f-unified": (Pipeline.C2F_UNIFIED, False, "C-to-F, unified model"),
+    "c2f": (Pipeline.C2F, False, "C-to-F (the system's pipeline)"),
+    "c2f+qe": (Pipeline.C2F, True, "C-to-F + QE"),
 }
 
 
-def _row_name(template: str, engine: RetrievalEngine) -> str:
-    return template.format(coarse_dim=engine.system.coarse_pca.n_components)
-
-
-def _group_scores(ranked: Any, labels: np.ndarray, categories: list[str], db_labels: np.ndarray, dim: int,
-                  ms_per_query: float | None = None) -> RowScores:
-    """mAP per query meta-category and overall, R@1 overall. `ranked` is (query features, database features) for
-    an exact search of the whole database, or a Ranking of (possibly truncated) database ids."""
-    cats = np.array(categories)
-    groups = {c: cats == c for c in sorted(set(categories))} | {"all": np.ones(len(cats), bool)}
-
-    def score(mask: np.ndarray) -> dict[str, Any]:
-        if isinstance(ranked, Ranking):
-            return evaluate_rankings(ranked.ids[mask], labels[mask], db_labels, ks=(1,))
-        q, db = ranked
-        return evaluate_retrieval(q[mask], labels[mask], db, db_labels, ks=(1,))
-
-    per_group = {g: score(m) for g, m in groups.items()}
-    return RowScores({g: r["mAP"] for g, r in per_group.items()}, per_group["all"]["R@1"], dim, ms_per_query)
-
-
-def _pipeline_scores(
-    engine: RetrievalEngine, qf: ImageFeatures, labels: np.ndarray, categories: list[str]
-) -> dict[str, RowScores]:
-    """Every engine pipeline's scores; single-stage rows rank the whole database exactly, coarse-to-fine rows
-    their re-ranked top-K (relevant images outside it count as never retrieved)."""
+def _pipeline_rows(
+    engine: RetrievalEngine, qf: ImageFeatures, labels: np.ndarray, categories: list[str],
+    latency: dict[str, float], facts: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """One row per pipeline the system supports, each ranking the whole database (`rank(..., full=True)`)."""
     db_labels = engine.labels()
-    queries = {"coarse_full": qf.coarse_full, "coarse": qf.coarse}
-    out = {}
-    for template, (pipeline, qe, feature) in ENGINE_ROWS.items():
-        if pipeline == "single":
-            db = np.asarray(engine.store.array("coarse")) if feature == "coarse" else engine.arrays[feature]
-            ranked: Any = (queries[feature], db)
-            dim = db.shape[1]
-        else:
-            ranked = engine.rank(qf, pipeline, query_expansion=qe)
-            dim = engine.system.fine_dim // (2 if pipeline == "c2f-image" else 1)
-        out[_row_name(template, engine)] = _group_scores(ranked, labels, categories, db_labels, dim)
-    return out
+    dims = {"coarse-32d": engine.system.coarse_pca.n_components, "unified": qf.unified.shape[1],
+            "coarse-full": conv_feature(engine.system.models[UNIFIED], qf.unified).shape[1],
+            "c2f-image": engine.system.part_pcas[UNIFIED][0].n_components}
+    rows = []
+    for name, (pipeline, qe, label) in supported_rows(engine).items():
+        ranking = engine.rank(qf, pipeline, query_expansion=qe, full=True)
+        scores = _group_scores(ranking.ids, labels, categories, db_labels)
+        rows.append({"method": name, "label": label.format(coarse_dim=dims["coarse-32d"]), **facts,
+                     "dim": dims.get(name, engine.system.fine_dim), **scores, "ms_per_query": latency.get(name)})
+    return rows
 
 
-def _baseline_scores(
+def supported_rows(engine: RetrievalEngine) -> dict[str, tuple[Pipeline, bool, str]]:
+    """The pipeline rows this system has (no QE row when validation dropped query expansion, no image-only row
+    when the fine feature has no region part)."""
+    cfg = engine.system.config
+    return {name: spec for name, spec in PIPELINE_ROWS.items()
+            if not (spec[1] and not cfg.qe_top) and not (name == "c2f-image" and not cfg.regions)}
+
+
+def _group_scores(ranked_ids: np.ndarray, labels: np.ndarray, categories: list[str],
+                  db_labels: np.ndarray) -> dict[str, Any]:
+    """mAP and R@1 over all queries, and mAP per query meta-category, from full rankings of database ids."""
+    cats = np.array(categories)
+    per_category = {c: evaluate_rankings(ranked_ids[cats == c], labels[cats == c], db_labels, ks=(1,))["mAP"]
+                    for c in sorted(set(categories))}
+    overall = evaluate_rankings(ranked_ids, labels, db_labels, ks=(1,))
+    return {"mAP": overall["mAP"], "R@1": overall["R@1"], "per_category": per_category}
+
+
+def _trainable(model: Any) -> str:
+    frozen = getattr(model, "frozen_stages", 0)
+    return f"stages after the first {frozen} + heads" if frozen else "all"
+
+
+BASELINE_NAMES = {"plain": "plain-finetuned"}
+
+
+def _baseline_rows(
     cfg: OsfgirConfig, split: OsfgirSplit, query_rows: np.ndarray, labels: np.ndarray, categories: list[str],
-    db_labels: np.ndarray,
-) -> dict[str, RowScores]:
-    """Single-stage baselines on the same split and backbone (see `OsfgirConfig.baselines`). ms per query =
-    feature extraction per image + exact search per query."""
+    db_labels: np.ndarray, facts: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Single-stage baselines on the same split, backbone and frozen trunk (see `OsfgirConfig.baselines`),
+    extracted in one shared pass; ms per query = that method's extraction per image alone + exact search."""
+    if not cfg.baselines:
+        return []
     sc = cfg.system
+    frozen = unified_model(sc, 1).frozen_stages
     methods_cfg = MethodsConfig(
         backbone=sc.backbone, weights=cfg.baseline_weights or sc.weights, image_size=sc.image_size,
-        epochs=sc.epochs, batch_size=sc.batch_size, lr=sc.lr,
-        backbone_lr_scale=sc.train_config().backbone_lr_scale, whiten=False, seed=cfg.seed, device=sc.device,
-        workers=sc.workers, model_kwargs={},
+        epochs=sc.epochs, batch_size=sc.batch_size, lr=sc.lr, optimizer=sc.optimizer,
+        backbone_lr_scale=sc.backbone_lr_scale, label_smoothing=sc.label_smoothing, whiten=False, seed=cfg.seed,
+        device=sc.device, workers=sc.workers, model_kwargs={"plain": {"frozen_stages": frozen}},
+        train_options=dict(sc.train_options),
     )
     embedder = MethodEmbedder(split.auxiliary, methods_cfg)
     query_samples = [split.queries.samples[i] for i in query_rows]
-    out = {}
-    for method in cfg.baselines:
-        q, db = embedder.embed(method, query_samples, split.database.samples)
+    embedded = embedder.embed_all(cfg.baselines, query_samples, split.database.samples)
+    rows = []
+    for method, (q, db) in embedded.items():
         if len(q.index) != len(query_samples) or len(db.index) != len(split.database):
             raise ValueError(f"{method}: images became unreadable during the run")
-        start = time.perf_counter()
-        knn(q.features, db.features, 10)
-        search_ms = 1000 * (time.perf_counter() - start) / max(1, len(q.index))
-        out[f"Single-stage {method}"] = _group_scores((q.features, db.features), labels, categories, db_labels,
-                                                      q.features.shape[1], q.ms_per_image + search_ms)
-    return out
+        ranking = knn(q.features, db.features, len(db.features))
+        ms = _ms_per_image(embedder, method, query_samples[: cfg.timing_queries]) + _ms_search(q.features, db.features)
+        name = BASELINE_NAMES.get(method, method)
+        trained = parse_method(method)[1] != "offtheshelf"
+        rows.append({"method": name, "label": f"Single-stage {name}", **facts,
+                     "epochs": facts["epochs"] if trained else 0, "head": "linear" if trained else "none",
+                     "trainable": facts["trainable"] if trained else "none", "dim": int(q.features.shape[1]),
+                     **_group_scores(ranking.ids, labels, categories, db_labels), "ms_per_query": ms})
+    return rows
+
+
+def _ms_per_image(embedder: MethodEmbedder, method: str, samples: list[Sample]) -> float:
+    """Extraction time per image of one method alone."""
+    model = embedder.model(method)[0]
+    start = time.perf_counter()
+    extract_models({method: model}, samples, regions=False, **embedder.extract)
+    return 1000 * (time.perf_counter() - start) / max(1, len(samples))
+
+
+def _ms_search(queries: np.ndarray, database: np.ndarray) -> float:
+    start = time.perf_counter()
+    knn(queries, database, 10)
+    return 1000 * (time.perf_counter() - start) / max(1, len(queries))
 
 
 def _timed_queries(
     engine: RetrievalEngine, queries: FineGrainedDataset, n: int, n_examples: int
 ) -> tuple[dict[str, float], dict[str, dict[str, float]], list[QueryExample]]:
-    """Real single-query searches with every engine row: its p50 latency (ms, every stage included), Table 6
-    from the full pipeline + QE, and its first few queries as HTML examples."""
+    """Real single-query searches with every pipeline row: its p50 latency (ms, every stage included), Table 6
+    from the system's default pipeline (with QE when it has it), and its first few queries as HTML examples."""
     samples = queries.samples[: max(n, n_examples)]
     if not samples:
         return {}, {}, []
     images = [load_image(s.path) for s in samples]
-    engine.search(images[:1], pipeline="c2f", query_expansion=True)  # warm-up: first-call allocations
-    runs = {
-        _row_name(template, engine): engine.search(images, top_k=10, pipeline=pipeline, query_expansion=qe,
-                                                   feature=feature or "coarse")
-        for template, (pipeline, qe, feature) in ENGINE_ROWS.items()
-    }
+    engine.search(images[:1])  # warm-up: first-call allocations
+    runs = {name: [engine.search([image], top_k=10, pipeline=pipeline, query_expansion=qe)[0] for image in images]
+            for name, (pipeline, qe, _) in supported_rows(engine).items()}
     latency = {name: float(np.percentile([r.timings_ms["total"] for r in rs[:n]], 50)) for name, rs in runs.items()}
-    results = runs["C-to-F full + QE"]
+    results = runs["c2f+qe" if "c2f+qe" in runs else "c2f"]
     per_stage = {st: np.array([r.timings_ms[st] for r in results[:n]]) for st in STAGES}
     timings = {
         st: {"mean": float(v.mean()), "p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90))}
@@ -341,29 +368,74 @@ def run_demo(
     return evaluate_osfgir(config or default_config(DEMO_CONFIG), data, out_dir, progress, console, **overrides)
 
 
+REAL_SIZES = {"default": ("real.yaml", "real"), "quick": ("real_quick.yaml", "real_quick"),
+              "full": ("osfgir.yaml", "real_full")}
+"""`fgia bench real` size -> (packaged config, results file stem)."""
+
+
 def run_real_bench(
     shared: Path,
-    full: bool = False,
+    size: str = "default",
     weights: str | None = None,
     results_dir: Path = Path("benchmarks/results"),
     work_dir: Path = Path("fgia-out/bench-real"),
     progress: bool = True,
     console: Console | None = None,
-) -> OsfgirReport:
-    """`fgia bench real`: the protocol on the shared birds/cars/flowers composite at `shared`, CPU-sized
-    (configs/real.yaml) or full size (`full`: configs/osfgir.yaml, meant for a GPU). Models and index go to
-    `work_dir`; the report is copied to `results_dir/real_<size>_<device>.{md,json}`."""
+) -> dict[str, Any]:
+    """`fgia bench real`: the protocol on the shared birds/cars/flowers composite at `shared`: the whole composite
+    at CPU size (configs/real.yaml), a few-minute `quick` version, or `full` size (configs/osfgir.yaml, for a GPU).
+    Models and index go to `work_dir`; `results_dir/<stem>_<device>.json` gets the rows, split, timings, the
+    validation report and the targets of the real-accuracy issue, `.md` the tables. Returns the JSON payload."""
     console = console or Console()
-    size = "full" if full else "reduced"
-    cfg = load_yaml(OsfgirConfig, default_config("osfgir.yaml" if full else "real.yaml"), data=shared,
-                    out_dir=Path(work_dir) / size)
+    config_name, stem = REAL_SIZES[size]
+    cfg = load_yaml(OsfgirConfig, default_config(config_name), data=shared, out_dir=Path(work_dir) / size)
     if weights is not None:
         cfg.system.weights = weights
     report = run_osfgir(cfg, progress=progress, console=console)
     print_report(report, console)
-    name = f"real_{size}_{pick_device(cfg.system.device).type}"
-    for suffix in (".md", ".json"):
-        with atomic_path(Path(results_dir) / f"{name}{suffix}") as tmp:
-            shutil.copyfile(Path(cfg.out_dir) / f"report{suffix}", tmp)
+    payload = real_bench_payload(report, cfg, shared)
+    name = f"{stem}_{pick_device(cfg.system.device).type}"
+    atomic_write_text(Path(results_dir) / f"{name}.json", json.dumps(payload, indent=2))
+    markdown = to_markdown(report).replace("# OSFGIR report", f"# fgia bench real ({size})\n\n" + _targets_md(payload), 1)
+    atomic_write_text(Path(results_dir) / f"{name}.md", markdown)
     console.print(f"results: {Path(results_dir) / name}.md")
-    return report
+    return payload
+
+
+def real_bench_payload(report: OsfgirReport, cfg: OsfgirConfig, shared: Path) -> dict[str, Any]:
+    """The benchmark JSON: rows, split, timings, validation report, config, versions and the targets."""
+    gap, unified = report.row("gap-offtheshelf"), report.row("unified")
+    default = report.row("c2f+qe") if any(r["method"] == "c2f+qe" for r in report.rows) else report.row("c2f")
+    whole = _whole_composite_counts(cfg, shared)
+    values = {
+        "unified_minus_gap": (unified["mAP"] - gap["mAP"], 0.10, ">="),
+        "c2f_minus_gap": (default["mAP"] - gap["mAP"], 0.12, ">="),
+        "c2f_minus_unified": (default["mAP"] - unified["mAP"], 0.01, ">="),
+        "cars_ratio": (default["per_category"]["cars"] / max(gap["per_category"]["cars"], 1e-12), 2.5, ">="),
+        "coarse_accuracy": (report.classifier[str(cfg.system.coarse_dim)], 0.97, ">="),
+        "elapsed_s": (report.elapsed_s, 2700.0, "<="),
+        "train_s": (report.seconds.get("train", 0.0), 1200.0, "<="),
+        "database_images": (report.split["database"], whole["database"], ">="),
+        "queries": (report.split["queries"], whole["queries"], ">="),
+    }
+    targets = {key: {"value": float(v), "threshold": float(t), "op": op,
+                     "met": bool(v >= t if op == ">=" else v <= t)} for key, (v, t, op) in values.items()}
+    return {"targets": targets, "default_pipeline": default["method"], "rows": report.rows, "split": report.split,
+            "classifier": report.classifier, "timings_ms": report.timings_ms, "selection": report.selection,
+            "seconds": report.seconds, "elapsed_s": report.elapsed_s, "versions": report.versions,
+            "config": report.config}
+
+
+def _whole_composite_counts(cfg: OsfgirConfig, shared: Path) -> dict[str, int]:
+    """Database and query sizes of this split drawn over every image of the composite (the targets' reference)."""
+    s = cfg.split
+    split = build_osfgir_split(read_shared_composite(shared), s.aux_fraction, s.query_fraction, s.queries_per_class,
+                               None, cfg.seed, None)
+    return {"database": len(split.database), "queries": len(split.queries)}
+
+
+def _targets_md(payload: dict[str, Any]) -> str:
+    lines = ["## Targets", "", "| target | value | threshold | met |", "| --- | --- | --- | --- |"]
+    lines += [f"| {k} | {t['value']:.4g} | {t['op']} {t['threshold']:.4g} | {'yes' if t['met'] else 'NO'} |"
+              for k, t in payload["targets"].items()]
+    return "\n".join(lines) + f"\n\nDefault pipeline: `{payload['default_pipeline']}`.\n\n"

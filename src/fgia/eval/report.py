@@ -1,11 +1,13 @@
 """OSFGIR report: the paper-shaped tables as data, rendered to the console (rich), Markdown, JSON and HTML.
 
 Tables (numbering follows the paper):
-- Table 4: 3-way coarse classifier accuracy against PCA dimension of the coarse feature.
-- Table 5: mAP of each retrieval pipeline, per meta-category and over all queries.
-- Table 6: per-stage query time in ms (mean, p50, p90).
+- Table 5: mAP of each retrieval pipeline and baseline, per meta-category and over all queries.
 - Table 7: every method on one split and backbone (baselines, pipelines, query expansion): input size, dim,
-  mAP, R@1 and ms per query; each row also records backbone, weights, epochs and split seed (JSON).
+  mAP, R@1 and ms per query; each row also records backbone, weights, epochs, head, trainable part and split
+  seed (JSON).
+- Table 4: coarse classifier accuracy against PCA dimension of the coarse feature.
+- Table 6: per-stage query time in ms (mean, p50, p90).
+- The recipe validation chose: every choice tried and its mAP on held-out auxiliary species.
 """
 
 from __future__ import annotations
@@ -50,23 +52,33 @@ class QueryExample:
 class OsfgirReport:
     """Everything one OSFGIR run measured, plus what it ran with (config, seed, split sizes, versions).
 
-    map_rows:   pipeline -> {meta-category or "all" -> mAP}.
-    methods:    the paper's Table 7 rows: method, backbone, weights, input size, epochs, split seed, dim, mAP,
-                R@1, ms per query (single-query latency, every stage included).
+    rows:       one per pipeline or baseline: method (machine name), label, backbone, weights, input size, epochs,
+                head, trainable part, split seed, dim, mAP, R@1, per_category {meta-category: mAP}, ms per query
+                (single-query latency, every stage included).
     classifier: PCA dimension (as text; "full" for no PCA) -> coarse classifier accuracy on the queries.
     timings_ms: stage -> {"mean", "p50", "p90"} over single-query searches.
+    selection:  the validation report of `fgia.retrieval.system.select_recipe` (None without selection).
+    seconds:    wall time per phase (trunk cache, selection, training, indexing ...).
     """
 
     config: dict[str, Any]
     seed: int
     split: dict[str, Any]
     versions: dict[str, str]
-    map_rows: dict[str, dict[str, float]]
-    methods: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
     classifier: dict[str, float]
     timings_ms: dict[str, dict[str, float]]
     examples: list[QueryExample] = field(default_factory=list)
+    selection: dict[str, Any] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
+
+    def row(self, method: str) -> dict[str, Any]:
+        """The row of `method` (e.g. "c2f+qe", "gap-offtheshelf")."""
+        for row in self.rows:
+            if row["method"] == method:
+                return row
+        raise KeyError(f"no row {method!r}; rows: {[r['method'] for r in self.rows]}")
 
     def to_json(self) -> str:
         """The whole report as JSON text."""
@@ -78,19 +90,16 @@ Grid = tuple[str, list[str], list[list[str]]]  # title, header, rows
 
 def tables(report: OsfgirReport) -> list[Grid]:
     """The report's tables as plain text grids, shared by every renderer."""
-    columns = sorted({c for row in report.map_rows.values() for c in row} - {"all"}) + ["all"]
-
-    def map_grid(title: str, names: list[str]) -> Grid:
-        rows = [[n] + [_num(report.map_rows[n].get(c)) for c in columns] for n in names]
-        return title, ["pipeline", *columns], rows
-
-    method_columns = ["method", "input size", "dim", "mAP", "R@1", "ms/query"]
-    method_rows = [[m["method"], str(m["input_size"]), str(m["dim"]), _num(m["mAP"]), _num(m["R@1"]),
-                    _num(m["ms_per_query"], 1)] for m in report.methods]
-    return [
-        map_grid("Table 5: retrieval mAP per meta-category", list(report.map_rows)),
+    columns = sorted({c for row in report.rows for c in row["per_category"]})
+    map_rows = [[r["label"]] + [_num(r["per_category"].get(c)) for c in columns] + [_num(r["mAP"])]
+                for r in report.rows]
+    method_columns = ["method", "input size", "dim", "mAP", "R@1", "ms/query", "epochs", "head", "trainable"]
+    method_rows = [[r["method"], str(r["input_size"]), str(r["dim"]), _num(r["mAP"]), _num(r["R@1"]),
+                    _num(r["ms_per_query"], 1), str(r["epochs"]), r["head"], r["trainable"]] for r in report.rows]
+    grids: list[Grid] = [
+        ("Table 5: retrieval mAP per meta-category", ["pipeline", *columns, "all"], map_rows),
         ("Table 7: methods on one split and backbone (ms/query: pipelines = single-query p50 with every stage; "
-         "single-stage baselines = batched extraction per image + exact search)", method_columns, method_rows),
+         "single-stage baselines = extraction per image + exact search)", method_columns, method_rows),
         (
             "Table 4: coarse classifier accuracy vs PCA dimension",
             ["dimension", "accuracy"],
@@ -102,6 +111,18 @@ def tables(report: OsfgirReport) -> list[Grid]:
             [[s] + [_num(t.get(q), 2) for q in ("mean", "p50", "p90")] for s, t in report.timings_ms.items()],
         ),
     ]
+    if report.selection and "skipped" in report.selection:
+        grids.append(("Recipe selection", ["skipped"], [[report.selection["skipped"]]]))
+    elif report.selection:
+        sel = report.selection
+        title = (f"Recipe chosen on held-out auxiliary species ({sel['validation_species']} species, "
+                 f"{sel['validation_images']} images; models trained on the other {sel['fit_species']})")
+        steps = [[step["choice"], _num(step["val_mAP"]), "kept" if step["kept"] else "-"] for step in sel["steps"]]
+        steps.insert(1, ["the chosen model's image feature as the search extracts it", _num(sel["base_val_mAP"]), ""])
+        curves = [[f"head {head}, epoch {i + 1}", _num(v), ""] for head, curve in sel["heads"].items()
+                  for i, v in enumerate(curve)]
+        grids.append((title, ["choice", "validation mAP", ""], curves + steps))
+    return grids
 
 
 def print_report(report: OsfgirReport, console: Console | None = None) -> None:
@@ -124,6 +145,7 @@ def to_markdown(report: OsfgirReport) -> str:
         parts += [f"## {title}", "", _md_row(header), _md_row(["---"] * len(header))]
         parts += [_md_row(r) for r in rows] + [""]
     parts += ["## Run", "", f"- seed: {report.seed}", f"- elapsed: {report.elapsed_s:.1f} s"]
+    parts += [f"- seconds {k}: {v:.1f}" for k, v in report.seconds.items()]
     parts += [f"- split {k}: {v}" for k, v in report.split.items()]
     parts += [f"- {k} {v}" for k, v in report.versions.items()]
     parts += ["", "## Config", "", "```json", json.dumps(report.config, indent=2), "```", ""]

@@ -22,6 +22,7 @@ from torch import Tensor
 from fgia.data.samples import Sample
 from fgia.features.extract import FeatureSet, extract_features
 from fgia.features.pca import FeaturePCA
+from fgia.models.frozen import FrozenLowerTrunk
 from fgia.models.output import ModelOutput
 
 _DESCRIPTORS: dict[str, Callable[..., nn.Module]] = {}
@@ -266,17 +267,26 @@ class PreLogits(nn.Module):
         return self.network.forward_head(x, pre_logits=True)
 
 
-class DescriptorModel(nn.Module):
-    """trunk -> descriptor as an fgia model (ModelOutput with `embedding` only), so `extract_features` runs it."""
+class DescriptorModel(FrozenLowerTrunk):
+    """trunk -> descriptor as an fgia model (ModelOutput with `embedding` only), so `extract_features` runs it.
 
-    def __init__(self, trunk: nn.Module, descriptor: nn.Module):
+    `frozen_stages` names the trunk stages other models may share (`fgia.features.extract.TrunkGroup`): several
+    descriptors on one trunk, or a fine-tuned model whose frozen stages are the same, cost one pass of them.
+    """
+
+    def __init__(self, trunk: nn.Module, descriptor: nn.Module, frozen_stages: int = 0):
         super().__init__()
         self.trunk, self.descriptor = trunk, descriptor
+        self.frozen_stages = frozen_stages
         self.mean, self.std = trunk.mean, trunk.std
         self.embedding_dim = descriptor.out_dim(trunk.out_channels)
 
-    def forward(self, images: Tensor) -> ModelOutput:
-        return ModelOutput(logits=None, embedding=self.descriptor(self.trunk(images).float()))
+    def lower_trunk(self) -> nn.Sequential:
+        return self.trunk.stages[: self.frozen_stages]
+
+    def forward_top(self, lower: Tensor) -> ModelOutput:
+        fmap = self.trunk.stages[self.frozen_stages :](lower)
+        return ModelOutput(logits=None, embedding=self.descriptor(fmap.float()))
 
 
 class _LocalSample(MapDescriptor):

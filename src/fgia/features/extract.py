@@ -1,24 +1,29 @@
-"""Batched feature extraction: whole-image features and discriminative-region features.
+"""Batched feature extraction: whole-image features and discriminative-region features, for one or many models.
 
-Each batch runs the model once; the predicted class's confidence map gives the region box
-(`fgia.features.regions`), the region is cropped from the batch tensor on the device with `roi_align` (no
-re-reading of files) and featurised again. Images are resized to size x size without cropping, so the whole
-image is seen and a box maps back to the original pixels exactly. Unreadable images are skipped and counted.
+Each batch is decoded once and resized to size x size without cropping (so the whole image is seen and a box
+maps back to the original pixels exactly). Models that share a frozen lower trunk (`fgia.models.frozen`) form one
+`TrunkGroup`: the lower stages run once per batch and every model runs only its own top, so the unified and the
+category-specific models of a system cost one trunk pass plus their tops, not one whole network each.
+
+The discriminative region (`fgia.features.regions`) comes from one model's class-confidence maps (`region_from`);
+it is cropped from the batch tensor on the device with `roi_align` (from an image loaded at `region_zoom` x the
+model's size when that is above 1) and featurised again by every model. With `flip`, each embedding is the mean
+of the image's and its mirror image's. Unreadable images are skipped and counted.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image
 from rich.progress import track
 from torch import Tensor
+from torch.utils.data import default_collate
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
@@ -26,6 +31,8 @@ from fgia.data.images import ORIGINAL_SIZE_KEY
 from fgia.data.samples import Sample
 from fgia.data.torch_dataset import make_loader
 from fgia.features.regions import region_boxes, scale_boxes
+from fgia.models.frozen import lower_and_top, module_digest
+from fgia.models.output import ModelOutput
 from fgia.runtime import pick_device
 
 
@@ -36,7 +43,7 @@ class FeatureSet:
     image: (N, D) whole-image embeddings; region: (N, D) region embeddings (None without regions);
     boxes: (N, 4) region boxes x1, y1, x2, y2 in original image pixels (None without regions);
     predicted: (N,) predicted class (-1 for models without logits); index: (N,) positions in the input
-    samples; skipped: how many images could not be read; maps: (N, h, w) confidence maps of the predicted
+    samples; skipped: how many images could not be read; maps: (N, h, w) confidence maps of the region's
     class when asked for.
     """
 
@@ -51,10 +58,19 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.index)
 
+    def rows(self, keep: np.ndarray) -> FeatureSet:
+        """The rows of the images whose sample positions are in `keep` (each must be present)."""
+        pos = np.searchsorted(self.index, keep)
+        if len(keep) and (pos.max() >= len(self.index) or not np.array_equal(self.index[pos], keep)):
+            raise ValueError("rows(): some requested images are not in this feature set")
+        pick = (lambda a: None if a is None else a[pos])
+        return FeatureSet(self.image[pos], pick(self.region), pick(self.boxes), self.predicted[pos], keep,
+                          maps=pick(self.maps))
+
 
 @dataclass
 class BatchFeatures:
-    """What `featurize_batch` returns for one batch (tensors on the model's device, boxes as map fractions)."""
+    """One model's features of one batch (tensors on the device, boxes as map fractions)."""
 
     image: Tensor
     predicted: Tensor
@@ -63,21 +79,61 @@ class BatchFeatures:
     maps: Tensor | None = None
 
 
-class ResizeWithOriginalSize:
-    """PIL image -> (uint8 (3, size, size) tensor, original (width, height)).
+class TrunkGroup(nn.Module):
+    """Models grouped by their frozen lower trunk: each distinct lower trunk runs once per input batch.
 
-    The eval geometry of `fgia.data.transforms.build_transform(False, size, crop_pct=None)`; the float
-    conversion and normalisation happen on the device (`normalize`), so workers do less and a quarter of the
-    bytes cross to the GPU.
+    Models without frozen stages share the identity "trunk" and run whole. `forward(x)` returns every model's
+    `ModelOutput`; equal lower trunks are recognised by their weights, not by identity.
     """
 
-    def __init__(self, size: int) -> None:
-        if size < 1:
-            raise ValueError(f"image size must be positive, got {size}")
-        self.resize = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
+    def __init__(self, models: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        if not models:
+            raise ValueError("no models to extract features with")
+        self.models = nn.ModuleDict(models)
+        self.lowers = nn.ModuleList()
+        self.groups: list[list[str]] = []
+        self.tops: dict[str, Callable[[Tensor], ModelOutput]] = {}
+        digests: list[str] = []
+        for name, model in models.items():
+            lower, self.tops[name] = lower_and_top(model)
+            digest = module_digest(lower)
+            if digest not in digests:
+                digests.append(digest)
+                self.lowers.append(lower)
+                self.groups.append([])
+            self.groups[digests.index(digest)].append(name)
 
-    def __call__(self, image: Image.Image) -> tuple[Tensor, Tensor]:
-        return self.resize(image), torch.tensor(image.info.get(ORIGINAL_SIZE_KEY, image.size))
+    def forward(self, x: Tensor) -> dict[str, ModelOutput]:
+        out = {}
+        for lower, names in zip(self.lowers, self.groups):
+            shared = lower(x)
+            for name in names:
+                out[name] = self.tops[name](shared)
+        return {name: out[name] for name in self.models}
+
+
+class ResizeWithOriginalSize:
+    """PIL image -> {"image": uint8 (3, size, size), "size": original (width, height)}, plus "zoomed": the image
+    at `zoom_size` (regions are cropped from it) when that is given.
+
+    The eval geometry of `fgia.data.transforms.build_transform(False, size, crop_pct=None)`, each copy resized
+    from the original once; the float conversion and normalisation happen on the device (`normalize`), so
+    workers do less and a quarter of the bytes cross to the GPU.
+    """
+
+    def __init__(self, size: int, zoom_size: int | None = None) -> None:
+        if size < 1 or (zoom_size is not None and zoom_size < size):
+            raise ValueError(f"image size must be positive and the zoomed size at least as large, got {size}, "
+                             f"{zoom_size}")
+        self.resize = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
+        self.zoom = v2.Compose([v2.ToImage(), v2.Resize((zoom_size, zoom_size), antialias=True)]) if zoom_size else None
+
+    def __call__(self, image: Image.Image) -> dict[str, Tensor]:
+        out = {"image": self.resize(image), "size": torch.tensor(image.info.get(ORIGINAL_SIZE_KEY, image.size))}
+        if self.zoom is not None:
+            out["zoomed"] = self.zoom(image)
+        return out
 
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -99,56 +155,93 @@ def autocast_for(device: torch.device):
     return contextlib.nullcontext()
 
 
+def confidence_map(out: ModelOutput) -> Tensor:
+    """(B, h, w) map of each image's class whose confidence map has the highest average activation."""
+    if out.maps is None:
+        raise ValueError("the model gives no class-confidence maps; extract with regions=False")
+    best = out.maps.mean((2, 3)).argmax(1)
+    return out.maps[torch.arange(len(best), device=best.device), best].float()
+
+
+def _embeddings(group: TrunkGroup, x: Tensor, flip: bool) -> tuple[dict[str, ModelOutput], dict[str, Tensor]]:
+    """Every model's output for `x` and its embedding (averaged with the mirror image's when `flip`)."""
+    with autocast_for(x.device):
+        outputs = group(x)
+        mirrored = group(x.flip(-1)) if flip else {}
+    embeddings = {}
+    for name, out in outputs.items():
+        if out.embedding is None:
+            raise ValueError(f"{type(group.models[name]).__name__} returns no embedding; it cannot be used for "
+                             "feature extraction")
+        embedding = out.embedding.float()
+        if flip:
+            embedding = (embedding + mirrored[name].embedding.float()) / 2
+        embeddings[name] = embedding
+    return outputs, embeddings
+
+
 @torch.inference_mode()
 def featurize_batch(
-    model: nn.Module,
+    models: nn.Module | Mapping[str, nn.Module] | TrunkGroup,
     images: Tensor,
+    zoomed: Tensor | None = None,
     *,
     regions: bool = True,
     threshold: float = 0.5,
     min_area: float = 0.02,
     keep_maps: bool = False,
-    input_size: int | None = None,
-) -> BatchFeatures:
-    """Embeddings of a normalised (B, 3, H, W) batch on the model's device, plus its region embeddings/boxes.
+    flip: bool = False,
+    region_from: str | None = None,
+) -> dict[str, BatchFeatures]:
+    """Every model's features of a normalised (B, 3, S, S) batch on the models' device, keyed by model name
+    (a single model is called "model"), plus region embeddings and boxes.
 
-    With `input_size` below H (a batch loaded at `region_zoom` x the model's size), the whole image is
-    downsampled to `input_size` and the regions are cropped from the full-resolution batch, so a region shows
-    the model detail the whole-image pass could not see.
+    Regions are cropped from `zoomed` (the same images at region_zoom x S) when given, else from `images`, and
+    resized to S, so a zoomed region shows the model detail the whole-image pass could not see. The box comes
+    from `region_from`'s maps (default: the first model) and every model featurises the same crop.
     """
-    size = input_size or images.shape[-1]
-    whole = images
-    if size != images.shape[-1]:
-        whole = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        whole = whole.contiguous(memory_format=torch.channels_last)
-    with autocast_for(images.device):
-        out = model(whole)
-    if out.embedding is None:
-        raise ValueError(f"{type(model).__name__} returns no embedding; it cannot be used for feature extraction")
+    group = as_group(models)
+    names = list(group.models)
+    region_from = region_from or names[0]
+    size = images.shape[-1]
+    outputs, embeddings = _embeddings(group, images, flip)
     batch = len(images)
-    predicted = (
-        out.logits.argmax(1) if out.logits is not None else torch.full((batch,), -1, device=images.device)
-    )
-    result = BatchFeatures(image=out.embedding.float(), predicted=predicted)
+    result = {}
+    for name, out in outputs.items():
+        predicted = out.logits.argmax(1) if out.logits is not None else torch.full((batch,), -1, device=images.device)
+        result[name] = BatchFeatures(image=embeddings[name], predicted=predicted)
     if not (regions or keep_maps):
         return result
-    if out.maps is None or out.logits is None:
-        raise ValueError(f"{type(model).__name__} gives no class-confidence maps; extract with regions=False")
-    maps = out.maps[torch.arange(batch, device=images.device), predicted].float()
-    result.maps = maps if keep_maps else None
+    maps = confidence_map(outputs[region_from])
+    if keep_maps:
+        for name in names:
+            result[name].maps = confidence_map(outputs[name]) if name != region_from else maps
     if regions:
-        result.boxes = region_boxes(maps, threshold, min_area)
-        height, width = images.shape[-2:]
-        pixels = scale_boxes(result.boxes, np.full(batch, width), np.full(batch, height))
+        boxes = region_boxes(maps, threshold, min_area, upsample_to=size)
+        source = images if zoomed is None else zoomed
+        height, width = source.shape[-2:]
+        pixels = scale_boxes(boxes, np.full(batch, width), np.full(batch, height))
         rois = torch.cat([torch.arange(batch, dtype=torch.float32)[:, None], torch.from_numpy(pixels)], 1)
-        crops = roi_align(images, rois.to(images.device, images.dtype), (size, size), 1.0, 2, aligned=True)
-        with autocast_for(images.device):
-            result.region = model(crops.contiguous(memory_format=torch.channels_last)).embedding.float()
+        crops = roi_align(source, rois.to(source.device, source.dtype), (size, size), 1.0, 2, aligned=True)
+        _, region_embeddings = _embeddings(group, crops.contiguous(memory_format=torch.channels_last), flip)
+        for name in names:
+            result[name].region, result[name].boxes = region_embeddings[name], boxes
     return result
 
 
-def extract_features(
-    model: nn.Module,
+SINGLE = "model"
+"""The name of the model when a single one is given."""
+
+
+def as_group(models: nn.Module | Mapping[str, nn.Module] | TrunkGroup) -> TrunkGroup:
+    """`models` as a TrunkGroup (a single model is named "model")."""
+    if isinstance(models, TrunkGroup):
+        return models
+    return TrunkGroup({SINGLE: models} if isinstance(models, nn.Module) else dict(models))
+
+
+def extract_models(
+    models: Mapping[str, nn.Module] | TrunkGroup,
     samples: Sequence[Sample],
     *,
     image_size: int = 224,
@@ -163,34 +256,40 @@ def extract_features(
     keep_maps: bool = False,
     progress: bool = False,
     region_zoom: float = 1.0,
-) -> FeatureSet:
-    """Whole-image (and region) features of `samples` with a DataLoader; mean/std default to the model's.
+    flip: bool = False,
+    region_from: str | None = None,
+) -> dict[str, FeatureSet]:
+    """Whole-image (and region) features of `samples` under every model, in one pass over the images.
 
-    `region_zoom` > 1 loads images at that multiple of `image_size` and crops regions from them (see
-    `featurize_batch`), at the cost of decoding and moving more pixels.
-
-    The model is moved to the device and put in eval mode (in place). Unreadable images are skipped and counted
-    in `FeatureSet.skipped`; `FeatureSet.index` says which samples the rows belong to.
+    mean/std default to the models' own (they must agree). `region_zoom` > 1 loads images at that multiple of
+    `image_size` and crops regions from them (see `featurize_batch`). The models are moved to the device and put
+    in eval mode (in place). Unreadable images are skipped and counted in `FeatureSet.skipped`;
+    `FeatureSet.index` says which samples the rows belong to.
     """
     if len(samples) == 0:
         raise ValueError("no samples to extract features from")
     dev = pick_device(device)
-    model = prepare_model(model, dev)
-    mean, std = _normalisation(model, mean, std)
-    load_size = _load_size(image_size, regions, region_zoom)
-    loader = make_loader(samples, ResizeWithOriginalSize(load_size), batch_size, workers=workers)
-    parts: list[tuple[BatchFeatures, Tensor, Tensor]] = []
+    group = prepare_model(as_group(models), dev)
+    mean, std = _normalisation(group, mean, std)
+    loader = make_loader(samples, ResizeWithOriginalSize(image_size, _zoom_size(image_size, regions, region_zoom)),
+                         batch_size, workers=workers)
+    parts: list[tuple[dict[str, BatchFeatures], Tensor, Tensor]] = []
     batches = track(loader, description="extracting features") if progress else loader
-    for (images, sizes), _, indices in batches:
-        images = normalize(images.to(dev, non_blocking=True), mean, std)
-        feats = featurize_batch(model, images, regions=regions, threshold=threshold, min_area=min_area,
-                                keep_maps=keep_maps, input_size=image_size)
-        parts.append((feats, sizes, indices))
-    return _collect(parts, model, regions, keep_maps, skipped=len(loader.skipped))
+    for batch, _, indices in batches:
+        feats = featurize_batch(group, *_normalised(batch, dev, mean, std), regions=regions, threshold=threshold,
+                                min_area=min_area, keep_maps=keep_maps, flip=flip, region_from=region_from)
+        parts.append((feats, batch["size"], indices))
+    return {name: _collect([(f[name], s, i) for f, s, i in parts], group.models[name], regions, keep_maps,
+                           skipped=len(loader.skipped)) for name in group.models}
+
+
+def extract_features(model: nn.Module, samples: Sequence[Sample], **options) -> FeatureSet:
+    """`extract_models` for one model (same keyword options)."""
+    return extract_models({SINGLE: model}, samples, **options)[SINGLE]
 
 
 def extract_from_images(
-    model: nn.Module,
+    models: nn.Module | Mapping[str, nn.Module] | TrunkGroup,
     images: Sequence[Image.Image],
     *,
     image_size: int = 224,
@@ -202,34 +301,57 @@ def extract_from_images(
     std: Sequence[float] | None = None,
     keep_maps: bool = True,
     region_zoom: float = 1.0,
-) -> FeatureSet:
-    """The same features for in-memory PIL images (e.g. a query upload), processed exactly like a dataset."""
+    flip: bool = False,
+    region_from: str | None = None,
+) -> FeatureSet | dict[str, FeatureSet]:
+    """The same features for in-memory PIL images (e.g. query uploads), processed exactly like a dataset: a
+    FeatureSet for one model, a dict of them for a mapping or group of models."""
     if len(images) == 0:
         raise ValueError("no images to extract features from")
     dev = pick_device(device)
-    model = prepare_model(model, dev)
-    mean, std = _normalisation(model, mean, std)
-    resize = ResizeWithOriginalSize(_load_size(image_size, regions, region_zoom))
-    tensors, sizes = zip(*(resize(image.convert("RGB")) for image in images))
-    batch = normalize(torch.stack(tensors).to(dev), mean, std)
-    feats = featurize_batch(model, batch, regions=regions, threshold=threshold, min_area=min_area,
-                            keep_maps=keep_maps, input_size=image_size)
-    return _collect([(feats, torch.stack(sizes), torch.arange(len(images)))], model, regions, keep_maps, skipped=0)
+    group = prepare_model(as_group(models), dev)
+    mean, std = _normalisation(group, mean, std)
+    resize = ResizeWithOriginalSize(image_size, _zoom_size(image_size, regions, region_zoom))
+    batch = default_collate([resize(image.convert("RGB")) for image in images])
+    feats = featurize_batch(group, *_normalised(batch, dev, mean, std), regions=regions, threshold=threshold,
+                            min_area=min_area, keep_maps=keep_maps, flip=flip, region_from=region_from)
+    index = torch.arange(len(images))
+    out = {name: _collect([(f, batch["size"], index)], group.models[name], regions, keep_maps, skipped=0)
+           for name, f in feats.items()}
+    return out[SINGLE] if isinstance(models, nn.Module) and not isinstance(models, TrunkGroup) else out
 
 
-def _load_size(image_size: int, regions: bool, region_zoom: float) -> int:
+def _zoom_size(image_size: int, regions: bool, region_zoom: float) -> int | None:
+    """The size regions are cropped from, when it differs from the image size."""
     if region_zoom < 1.0:
         raise ValueError(f"region_zoom must be >= 1, got {region_zoom}")
-    return round(image_size * region_zoom) if regions else image_size
+    zoom_size = round(image_size * region_zoom)
+    return zoom_size if regions and zoom_size != image_size else None
+
+
+def _normalised(batch: dict[str, Tensor], device: torch.device, mean: Sequence[float],
+                std: Sequence[float]) -> tuple[Tensor, Tensor | None]:
+    """(images, zoomed images or None) of a loaded batch, normalised on `device`."""
+    zoomed = batch.get("zoomed")
+    return (normalize(batch["image"].to(device, non_blocking=True), mean, std),
+            None if zoomed is None else normalize(zoomed.to(device, non_blocking=True), mean, std))
 
 
 def _normalisation(
-    model: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None
+    group: TrunkGroup, mean: Sequence[float] | None, std: Sequence[float] | None
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The caller's mean/std, else the model's (what its weights expect)."""
-    if (mean is None or std is None) and not hasattr(model, "mean"):
-        raise ValueError(f"{type(model).__name__} has no mean/std attributes: pass mean= and std=")
-    return tuple(mean if mean is not None else model.mean), tuple(std if std is not None else model.std)
+    """The caller's mean/std, else the models' (what their weights expect; they must agree)."""
+    if mean is not None and std is not None:
+        return tuple(mean), tuple(std)
+    own = set()
+    for name, model in group.models.items():
+        if not hasattr(model, "mean"):
+            raise ValueError(f"{type(model).__name__} has no mean/std attributes: pass mean= and std=")
+        own.add((tuple(model.mean), tuple(model.std)))
+    if len(own) > 1:
+        raise ValueError(f"the models expect different input normalisations {sorted(own)}: extract them apart")
+    model_mean, model_std = own.pop()
+    return tuple(mean if mean is not None else model_mean), tuple(std if std is not None else model_std)
 
 
 def _collect(

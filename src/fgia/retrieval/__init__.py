@@ -1,11 +1,20 @@
-"""OSFGIR retrieval: array-level coarse-to-fine search + query expansion, the trained system, the engine."""
+"""OSFGIR retrieval: array-level search and query expansion, the trained system, the engine."""
 
-from fgia.retrieval.engine import PIPELINES, BuildResult, ImageFeatures, RetrievalEngine, SearchResult, build_index, search_files
-from fgia.retrieval.search import Ranking, coarse_to_fine, expand_queries, fine_stage, knn, rerank
-from fgia.retrieval.system import System, SystemConfig, load_system, train_system
+from fgia.retrieval.engine import (
+    PIPELINES,
+    BuildResult,
+    ImageFeatures,
+    Pipeline,
+    RetrievalEngine,
+    SearchResult,
+    build_index,
+    search_files,
+)
+from fgia.retrieval.search import Ranking, average_query_expansion, knn, rerank
+from fgia.retrieval.system import SelectionConfig, System, SystemConfig, load_system, train_system
 
 __all__ = [
-    "PIPELINES", "BuildResult", "ImageFeatures", "Ranking", "RetrievalEngine", "SearchResult", "System",
-    "SystemConfig", "build_index", "coarse_to_fine", "expand_queries", "fine_stage", "knn", "load_system",
+    "PIPELINES", "BuildResult", "ImageFeatures", "Pipeline", "Ranking", "RetrievalEngine", "SearchResult",
+    "SelectionConfig", "System", "SystemConfig", "average_query_expansion", "build_index", "knn", "load_system",
     "rerank", "search_files", "train_system",
 ]

@@ -1,17 +1,23 @@
 """Index a database with a trained system and answer image queries: `build_index` and `RetrievalEngine`.
 
 An index directory is a `fgia.index.FeatureStore` (plus `engine.json`: the system directory and the database
-class names). For every database image it holds, computed offline:
+class names). For every database image it holds, computed offline in one pass of the system's models:
 
-    coarse        coarse_dim PCA feature of the unified model (with the vector index the coarse stage searches)
-    coarse_full   the unified model's full embedding (L2-normalised), for the "Coarse full-d" comparison
-    fine/<name>   [image, region] fine feature under "unified" and under EVERY category model, so whichever
-                  model a query is routed to can re-rank any candidate
+    coarse        coarse_dim PCA of the unified model's Conv-Net feature (with the vector index the coarse
+                  stage searches)
+    unified       the unified model's whole embedding, L2-normalised (the "Unified" single-stage row)
+    fine/<name>   [image, region] fine feature under "unified" and, with category models, under EVERY category
+                  model, so whichever model a query is routed to can re-rank any candidate
     route         the meta-category the coarse classifier predicts for the image (index into categories); the
                   fine stage ranks candidates routed like the query before the others
     box           the discriminative region (x1, y1, x2, y2, original pixels) of the unified model
 
-The store's fingerprint holds the system fingerprint, so an index built by another system is refused.
+Every pipeline (`Pipeline`) runs through `RetrievalEngine.rank` on a batch of query features, so evaluation,
+the CLI, the server and the benchmarks share one code path. Query expansion (the paper's "average the top-5
+and search again") averages the query with its top hits' features and runs the whole search again with the
+expanded query: for coarse-to-fine, the coarse stage too, so the expanded query can reach images the first
+candidate list missed. The store's fingerprint holds the system fingerprint, so an index built by another
+system is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +38,41 @@ from PIL import Image
 from fgia.data.images import load_image
 from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.features.extract import FeatureSet
+from fgia.features.pca import l2_normalize
 from fgia.index import FeatureStore, IndexMismatchError, StoreRow
-from fgia.retrieval.search import Ranking, fine_stage, knn
+from fgia.retrieval.search import Ranking, average_query_expansion, knn, rerank
 from fgia.retrieval.system import System, load_system
 from fgia.runtime import atomic_write_text
 from fgia.train import UNIFIED
 
 ENGINE_FILE = "engine.json"
-PIPELINES = ("c2f", "c2f-image", "c2f-unified", "single")
-STAGES = ("coarse_feature", "coarse_search", "classifier", "fine_feature", "fine_search", "total")
+STAGES = ("features", "coarse_search", "classifier", "fine_search", "total")
+
+
+class Pipeline(str, Enum):
+    """The retrieval pipelines; the c2f ones re-rank the coarse stage's top-K candidates with fine features."""
+
+    COARSE = "coarse"  # the coarse_dim feature, one exact search over the whole database
+    COARSE_FULL = "coarse-full"  # the unified model's full Conv-Net feature, likewise
+    UNIFIED = "unified"  # the unified model's whole embedding, likewise
+    C2F_IMAGE = "c2f-image"  # coarse-to-fine with the whole-image part of the routed model's fine feature
+    C2F_UNIFIED = "c2f-unified"  # coarse-to-fine with the unified model's fine feature
+    C2F = "c2f"  # coarse-to-fine with the routed (category-specific) model's fine feature: the system's pipeline
+
+    @property
+    def is_c2f(self) -> bool:
+        return self.value.startswith("c2f")
+
+    @classmethod
+    def parse(cls, name: Pipeline | str) -> Pipeline:
+        """The pipeline called `name`, or a clear error listing the known ones."""
+        try:
+            return cls(name)
+        except ValueError:
+            raise ValueError(f"unknown pipeline {name!r}; choose one of {PIPELINES}") from None
+
+
+PIPELINES = tuple(p.value for p in Pipeline)
 
 
 def fine_name(model: str) -> str:
@@ -50,7 +83,8 @@ def fine_name(model: str) -> str:
 @dataclass
 class SearchResult:
     """One query's answer. `labels` are database class names (None per unlabelled image; None when the
-    database has no labels at all); `region_box` is in the query's pixels; `timings_ms` has every stage."""
+    database has no labels at all); `region_box` is in the query's pixels; `timings_ms` has every stage of the
+    call that answered it (a batch shares one call)."""
 
     ids: list[int]
     distances: list[float]
@@ -73,34 +107,41 @@ class SearchResult:
 class ImageFeatures:
     """Every stage's features of a batch of images (queries or database images).
 
-    Rows are the readable images; `index` gives their positions in the input (None for a single image).
-    `fine` maps store array names ("fine/<model>") to fine features; `boxes` are the unified model's regions.
+    Rows are the readable images; `index` gives their positions in the input. `fine` maps store array names
+    ("fine/<model>") to fine features; `boxes` and `maps` are the unified model's regions and confidence maps.
     """
 
     coarse: np.ndarray
-    coarse_full: np.ndarray
+    unified: np.ndarray
     route: np.ndarray
     fine: dict[str, np.ndarray] = field(default_factory=dict)
     index: np.ndarray | None = None
     boxes: np.ndarray | None = None
+    maps: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.coarse)
 
 
-def image_features(system: System, samples: Sequence[Sample]) -> ImageFeatures:
-    """Features of dataset samples under every model of `system`; unreadable images are left out."""
-    feats = {name: system.extract(name, samples) for name in system.model_names}
-    # An image unreadable for one pass is dropped from all, so every array keeps one row per image.
-    readable = feats[UNIFIED].index
-    for fs in feats.values():
-        readable = np.intersect1d(readable, fs.index)
-    feats = {name: _rows(fs, readable) for name, fs in feats.items()}
-    full, coarse = system.coarse(feats[UNIFIED].image)
+def image_features(system: System, samples: Sequence[Sample] | None = None,
+                   images: Sequence[Image.Image] | None = None, progress: bool = False) -> ImageFeatures:
+    """Features of dataset samples (unreadable ones left out) or in-memory images under every model of
+    `system`, in one pass of its models."""
+    return stage_features(system, system.features(samples, images, progress=progress))
+
+
+def stage_features(system: System, feats: dict[str, FeatureSet]) -> ImageFeatures:
+    """Every stage's features (coarse, route, fine) from the models' extracted features."""
+    _, coarse = system.coarse(feats)
+    unified: FeatureSet = feats[UNIFIED]
     return ImageFeatures(
         coarse=coarse,
-        coarse_full=full,
+        unified=l2_normalize(unified.image),
         route=system.route(coarse),
-        fine={fine_name(n): system.fine(n, fs) for n, fs in feats.items()},
-        index=readable,
-        boxes=feats[UNIFIED].boxes,
+        fine={fine_name(n): system.fine(n, feats) for n in system.fine_models},
+        index=unified.index,
+        boxes=unified.boxes,
+        maps=unified.maps,
     )
 
 
@@ -122,6 +163,7 @@ def build_index(
     factory: str = "Flat",
     device: str = "auto",
     chunk_size: int = 4096,
+    progress: bool = False,
 ) -> BuildResult:
     """Extract and store every stage's features of `database` (see the module docstring).
 
@@ -138,15 +180,16 @@ def build_index(
         store = FeatureStore.open(out, expected_fingerprint=fingerprint)
         meta = json.loads((out / ENGINE_FILE).read_text(encoding="utf-8"))
     else:
-        dims = {"coarse": system.coarse_pca.n_components, "coarse_full": int(system.coarse_pca.input_dim), "route": 1, "box": 4}
-        dims |= {fine_name(n): system.fine_dim for n in system.model_names}
+        dims = {"coarse": system.coarse_pca.n_components, "unified": system.models[UNIFIED].embedding_dim,
+                "route": 1, "box": 4}
+        dims |= {fine_name(n): system.fine_dim for n in system.fine_models}
         store = FeatureStore.create(out, fingerprint, dims, indexes={"coarse": factory}, device=device)
         meta = {"system_dir": str(Path(system_dir).resolve()), "classes": []}
     classes: list[str] = meta["classes"]
     added = skipped = 0
     for start in range(0, len(database), chunk_size):
         samples = database.samples[start : start + chunk_size]
-        rows, arrays, n_skipped = _database_features(system, samples, database.classes, classes)
+        rows, arrays, n_skipped = _database_features(system, samples, database.classes, classes, progress)
         skipped += n_skipped
         if rows:
             store.append(rows, arrays, fingerprint=fingerprint)
@@ -157,12 +200,13 @@ def build_index(
 
 
 def _database_features(
-    system: System, samples: Sequence[Sample], source_classes: list[str], classes: list[str]
+    system: System, samples: Sequence[Sample], source_classes: list[str], classes: list[str], progress: bool
 ) -> tuple[list[StoreRow], dict[str, np.ndarray], int]:
     """Rows and arrays for the readable `samples`; extends `classes` with new class names (in place)."""
-    f = image_features(system, samples)
-    arrays = {"coarse": f.coarse, "coarse_full": f.coarse_full, "route": f.route[:, None].astype(np.float32),
-              "box": f.boxes, **f.fine}
+    f = image_features(system, samples, progress=progress)
+    boxes = f.boxes if f.boxes is not None else np.zeros((len(f), 4), np.float32)
+    arrays = {"coarse": f.coarse, "unified": f.unified, "route": f.route[:, None].astype(np.float32),
+              "box": boxes, **f.fine}
     position = {name: i for i, name in enumerate(classes)}
     rows = []
     for i in f.index:
@@ -178,12 +222,6 @@ def _database_features(
     return rows, arrays, len(samples) - len(f.index)
 
 
-def _rows(fs: FeatureSet, keep: np.ndarray) -> FeatureSet:
-    pos = np.searchsorted(fs.index, keep)
-    pick = (lambda a: None if a is None else a[pos])
-    return FeatureSet(fs.image[pos], pick(fs.region), pick(fs.boxes), fs.predicted[pos], keep)
-
-
 def _fingerprint(system: System) -> dict[str, Any]:
     return {
         "system": system.fingerprint,
@@ -196,15 +234,16 @@ def _fingerprint(system: System) -> dict[str, Any]:
 
 
 class RetrievalEngine:
-    """A loaded index + its system, answering queries with any pipeline (see `PIPELINES`)."""
+    """A loaded index + its system, answering queries with any pipeline (see `Pipeline`)."""
 
     def __init__(self, system: System, store: FeatureStore, classes: list[str]) -> None:
         self.system = system
         self.store = store
         self.classes = classes
         self.rows = store.rows()
-        # The fine arrays are read on every query: hold them in memory rather than memory-mapped.
+        # Every search reads these arrays: hold them in memory rather than memory-mapped.
         self.arrays = {name: np.array(store.array(name)) for name in store.dims}
+        self.routes = self.arrays["route"][:, 0].astype(np.int64)
         self.coarse_index = store.index("coarse")  # its positions are image ids: the array covers every image
         self.top_k = system.config.resolve_top_k(len(store))
 
@@ -228,7 +267,7 @@ class RetrievalEngine:
         return len(self.rows)
 
     def stats(self) -> dict[str, Any]:
-        """Index size, model, feature dimensions, coarse index factory and K."""
+        """Index size, model, feature dimensions, coarse index factory, K and the default pipeline."""
         cfg = self.system.config
         return {
             "images": len(self),
@@ -239,6 +278,7 @@ class RetrievalEngine:
             "dims": self.store.dims,
             "factory": self.coarse_index.factory,
             "top_k": self.top_k,
+            "query_expansion": cfg.qe_top,
             "system": str(self.system.path),
             "fingerprint": self.system.fingerprint,
         }
@@ -253,130 +293,128 @@ class RetrievalEngine:
         """Database labels (int, -1 unlabelled), indexing `classes`."""
         return np.array([r.label for r in self.rows], dtype=np.int64)
 
-    # Batched path (evaluation) ---------------------------------------------------------------------------
-    def query_features(self, samples: Sequence[Sample]) -> ImageFeatures:
-        """Features of dataset samples under every model at once (unreadable ones skipped, see `.index`)."""
-        return image_features(self.system, samples)
+    def query_features(self, samples: Sequence[Sample] | None = None, images: Sequence[Image.Image] | None = None,
+                       progress: bool = False) -> ImageFeatures:
+        """Features of dataset samples or in-memory images under every model at once (unreadable samples skipped,
+        see `.index`)."""
+        return image_features(self.system, samples, images, progress)
 
-    def rank(
-        self,
-        qf: ImageFeatures,
-        pipeline: str = "c2f",
-        query_expansion: bool = False,
-        top_k: int | None = None,
-        feature: str = "coarse",
-    ) -> Ranking:
-        """Rankings of a batch of queries; c2f pipelines return the K re-ranked candidates (K = `top_k` or the
-        system's), "single" returns `top_k` (default K) hits by exact search on the stored array `feature`."""
-        _check_pipeline(pipeline, query_expansion)
-        k = top_k or self.top_k
-        if pipeline == "single":
-            return self._single(qf, feature, k)
-        candidates = self._coarse_search(qf.coarse, k)
-        return self._fine_search(qf.fine, qf.route, candidates, pipeline, query_expansion)
+    # ------------------------------------------------------------------------------------------- ranking
+    def rank(self, qf: ImageFeatures, pipeline: Pipeline | str = Pipeline.C2F, query_expansion: bool = False,
+             top_k: int | None = None, full: bool = False, timer: StageTimer | None = None) -> Ranking:
+        """Rankings of a batch of queries with one pipeline (query expansion with the system's `qe_top` hits).
 
-    def _fine_search(
-        self, fine: dict[str, np.ndarray], route: np.ndarray, candidates: np.ndarray, pipeline: str, qe: bool
-    ) -> Ranking:
-        """Re-rank the coarse candidates: those of the query's predicted meta-category first, each by fine
-        distance (with query expansion when `qe`)."""
-        query, database, routes = self._fine_inputs(fine, route, pipeline)
-        other_category = self.arrays["route"][np.maximum(candidates, 0), 0] != route[:, None]
-        qe_top = self.system.config.qe_top if qe else 0
-        return fine_stage(query, database, candidates, routes, qe_top, demote=other_category & (candidates >= 0))
+        Single-stage pipelines search the whole database exactly; c2f pipelines re-rank the coarse stage's K
+        candidates (K = `top_k` or the system's), those routed like the query first. With `full`, every ranking
+        covers the whole database: c2f appends the images outside the candidates in coarse order (what mAP over
+        the whole database needs). `timer` accumulates the coarse and fine search times."""
+        pipeline = Pipeline.parse(pipeline)
+        timer = timer or StageTimer()
+        qe_top = self.system.config.qe_top if query_expansion else 0
+        if query_expansion and not qe_top:
+            raise ValueError("query expansion needs the system's qe_top >= 1")
+        k = len(self) if full else top_k or self.top_k
+        if not pipeline.is_c2f:
+            query, database = self._single_stage(qf, pipeline)
+            with timer("coarse_search"):
+                ranking = knn(query, database, k)
+                if qe_top:
+                    ranking = knn(average_query_expansion(query, database, ranking.ids[:, :qe_top]), database, k)
+            return ranking
+        k_coarse = top_k or self.top_k
+        query, databases = self._fine_inputs(qf, pipeline)
+        ranking = self._c2f(qf.coarse, query, databases, qf.route, k_coarse, full, timer)
+        if qe_top:
+            hits = ranking.ids[:, :qe_top]
+            with timer("fine_search"):
+                coarse = average_query_expansion(qf.coarse, self.arrays["coarse"], hits)
+                query = np.stack([average_query_expansion(q[None], databases[r], h[None])[0]
+                                  for q, r, h in zip(query, qf.route, hits)]) if len(query) else query
+            ranking = self._c2f(coarse, query, databases, qf.route, k_coarse, full, timer)
+        return ranking
 
-    def _single(self, qf: ImageFeatures, feature: str, k: int) -> Ranking:
-        if feature == "coarse":
-            distances, ids = self._coarse_search_with_distances(qf.coarse, k)
-            return Ranking(ids=ids, distances=distances)
-        queries = {"coarse_full": qf.coarse_full, **qf.fine}
-        if feature not in queries:
-            raise ValueError(f"single-stage search needs a feature among {['coarse', *queries]}, got {feature!r}")
-        return knn(queries[feature], self.arrays[feature], k)
+    def _single_stage(self, qf: ImageFeatures, pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
+        if pipeline is Pipeline.COARSE:
+            return qf.coarse, self.arrays["coarse"]
+        if pipeline is Pipeline.UNIFIED:
+            return qf.unified, self.arrays["unified"]
+        dim = getattr(self.system.models[UNIFIED], "conv_feature_dim", qf.unified.shape[1])
+        return l2_normalize(qf.unified[:, :dim]), l2_normalize(self.arrays["unified"][:, :dim])
 
-    def _coarse_search_with_distances(self, coarse: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _fine_inputs(self, qf: ImageFeatures, pipeline: Pipeline) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(query fine features, database fine features per meta-category) of a c2f pipeline."""
+        names = [UNIFIED if pipeline is Pipeline.C2F_UNIFIED else self.system.model_for(c)
+                 for c in range(len(self.system.categories))]
+        query = np.stack([qf.fine[fine_name(names[r])][i] for i, r in enumerate(qf.route)]) if len(qf) else \
+            qf.fine[fine_name(UNIFIED)][:0]
+        databases = [self.arrays[fine_name(n)] for n in names]
+        if pipeline is Pipeline.C2F_IMAGE:
+            part = self.system.part_pcas[UNIFIED][0].n_components
+            query, databases = query[:, :part], [d[:, :part] for d in databases]
+        return query, databases
+
+    def _c2f(self, coarse: np.ndarray, fine: np.ndarray, databases: list[np.ndarray], route: np.ndarray,
+             k: int, full: bool, timer: StageTimer) -> Ranking:
+        """Coarse top-K, re-ranked by fine distance (candidates routed like the query first); with `full`, the
+        rest of the database follows in coarse order."""
+        with timer("coarse_search"):
+            if full:
+                order = self._coarse_search(coarse, len(self))[1]
+                candidates, rest = order[:, :k], order[:, k:]
+            else:
+                candidates = self._coarse_search(coarse, k)[1]
+        with timer("fine_search"):
+            other = (self.routes[np.maximum(candidates, 0)] != route[:, None]) & (candidates >= 0)
+            ranking = rerank(fine, databases, candidates, route, demote=other)
+        if not full:
+            return ranking
+        coarse_distances = np.linalg.norm(self.arrays["coarse"][rest] - coarse[:, None, :], axis=2)
+        return Ranking(ids=np.concatenate([ranking.ids, rest], axis=1),
+                       distances=np.concatenate([ranking.distances, coarse_distances.astype(np.float32)], axis=1))
+
+    def _coarse_search(self, coarse: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         sq, ids = self.coarse_index.search(coarse, k)
         return np.sqrt(np.maximum(sq, 0)).astype(np.float32), ids
 
-    def _coarse_search(self, coarse: np.ndarray, k: int) -> np.ndarray:
-        return self._coarse_search_with_distances(coarse, k)[1]
-
-    def _fine_inputs(
-        self, fine: dict[str, np.ndarray], route: np.ndarray, pipeline: str
-    ) -> tuple[np.ndarray, np.ndarray | list[np.ndarray], np.ndarray | None]:
-        """(query fine features, database fine features, routes) of a c2f pipeline."""
-        if pipeline == "c2f-unified":
-            return fine[fine_name(UNIFIED)], self.arrays[fine_name(UNIFIED)], None
-        names = [fine_name(c) for c in self.system.categories]
-        query = np.stack([fine[names[r]][i] for i, r in enumerate(route)]) if len(route) else fine[names[0]][:0]
-        database = [self.arrays[n] for n in names]
-        if pipeline == "c2f-image":
-            half = self.system.fine_dim // 2
-            query, database = query[:, :half], [d[:, :half] for d in database]
-        return query, database, route
-
-    # Single-query path (CLI, web server, latency) --------------------------------------------------------
+    # ------------------------------------------------------------------------------------------- answering
     def search(
         self,
         images: Sequence[Image.Image],
         top_k: int = 10,
-        pipeline: str = "c2f",
+        pipeline: Pipeline | str = Pipeline.C2F,
         query_expansion: bool = False,
-        feature: str = "coarse",
     ) -> list[SearchResult]:
-        """Answer each image in turn, timing every stage; returns the best `top_k` hits per image."""
-        _check_pipeline(pipeline, query_expansion)
+        """Answer a batch of query images (one forward pass, one `rank`), timing every stage; returns the best
+        `top_k` hits per image."""
+        pipeline = Pipeline.parse(pipeline)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        return [self._search_one(im, top_k, pipeline, query_expansion, feature) for im in images]
-
-    def _search_one(
-        self, image: Image.Image, top_k: int, pipeline: str, query_expansion: bool, feature: str
-    ) -> SearchResult:
-        timer = _StageTimer()
-        with timer("coarse_feature"):
-            unified = self.system.extract_images(UNIFIED, [image], regions=False)
-            full, coarse = self.system.coarse(unified.image)
+        if not images:
+            return []
+        timer = StageTimer()
+        with timer("features"):
+            feats = self.system.features(images=images)
         with timer("classifier"):
-            route = self.system.route(coarse)
-        category = self.system.categories[int(route[0])]
-        if pipeline == "single":
-            fine_model = feature.removeprefix("fine/") if feature.startswith("fine/") else None
-            fine, fs = self._query_fine(fine_model, image, timer)
-            with timer("coarse_search"):
-                qf = ImageFeatures(coarse=coarse, coarse_full=full, route=route, fine=fine)
-                ranking = self.rank(qf, "single", top_k=top_k, feature=feature)
-        else:
-            with timer("coarse_search"):
-                candidates = self._coarse_search(coarse, self.top_k)
-            fine, fs = self._query_fine(UNIFIED if pipeline == "c2f-unified" else category, image, timer)
-            with timer("fine_search"):
-                ranking = self._fine_search(fine, route, candidates, pipeline, query_expansion)
+            qf = stage_features(self.system, feats)
+        ranking = self.rank(qf, pipeline, query_expansion, top_k=None if pipeline.is_c2f else top_k, timer=timer)
         timer.finish()
-        ids, dist = ranking.row(0)
+        return [self._result(ranking, i, qf, top_k, timer.ms) for i in range(len(images))]
+
+    def _result(self, ranking: Ranking, i: int, qf: ImageFeatures, top_k: int, timings: dict[str, float]) -> SearchResult:
+        ids, dist = ranking.row(i)
         ids, dist = ids[:top_k], dist[:top_k]
-        rows = [self.rows[i] for i in ids]
+        rows = [self.rows[j] for j in ids]
         has_labels = bool(self.classes)
         return SearchResult(
-            ids=[int(i) for i in ids],
+            ids=[int(j) for j in ids],
             distances=[float(d) for d in dist],
             paths=[r.path for r in rows],
             labels=[self.classes[r.label] if r.label >= 0 else None for r in rows] if has_labels else None,
-            category=category,
-            region_box=None if fs is None else tuple(float(v) for v in fs.boxes[0]),
-            confidence_map=None if fs is None else fs.maps[0],
-            timings_ms=timer.ms,
+            category=self.system.categories[int(qf.route[i])],
+            region_box=None if qf.boxes is None else tuple(float(v) for v in qf.boxes[i]),
+            confidence_map=None if qf.maps is None else qf.maps[i],
+            timings_ms=dict(timings),
         )
-
-    def _query_fine(
-        self, model: str | None, image: Image.Image, timer: _StageTimer
-    ) -> tuple[dict[str, np.ndarray], FeatureSet | None]:
-        """The fine feature of one query image under `model` (nothing when None)."""
-        if model is None:
-            return {}, None
-        with timer("fine_feature"):
-            fs = self.system.extract_images(model, [image], regions=True)
-            return {fine_name(model): self.system.fine(model, fs)}, fs
 
 
 def search_files(
@@ -392,15 +430,8 @@ def search_files(
     return engine.search([load_image(p) for p in images], top_k, pipeline, query_expansion)
 
 
-def _check_pipeline(pipeline: str, query_expansion: bool) -> None:
-    if pipeline not in PIPELINES:
-        raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {PIPELINES}")
-    if pipeline == "single" and query_expansion:
-        raise ValueError("query expansion applies to the coarse-to-fine pipelines only")
-
-
-class _StageTimer:
-    """Wall-clock ms per stage; stages a pipeline skips read 0."""
+class StageTimer:
+    """Wall-clock ms per stage (`STAGES`); stages a pipeline skips read 0."""
 
     def __init__(self) -> None:
         self.ms = {s: 0.0 for s in STAGES}

@@ -5,10 +5,9 @@ Euclidean (not squared). Candidate lists may be padded with -1 (an index returni
 padding never appears in a result.
 
 Query expansion (the paper's "average the top-5 and search again") is *average query expansion* with the
-query included: q' = mean(q, f_1, ..., f_n) over the fine features of the n best hits, and q' is searched
-again within the same coarse candidate set. Keeping the candidate set means QE costs one more re-rank of K
-vectors, not a second full-database search, and the coarse stage stays the only one that sees the whole
-database; including q keeps the expanded query anchored when some of the top-n are wrong.
+query included: q' = mean(q, f_1, ..., f_n) over the features of the n best hits; including q keeps the expanded
+query anchored when some of the top-n are wrong. The engine (`fgia.retrieval.engine`) runs the search again with
+q', the coarse stage included.
 """
 
 from __future__ import annotations
@@ -118,59 +117,14 @@ def rerank(
     return out if k is None else _pad(out.ids[:, :k], out.distances[:, :k], k)
 
 
-def expand_queries(
-    queries: np.ndarray,
-    database: FineDatabase,
-    ranking: Ranking,
-    top: int = 5,
-    routes: np.ndarray | None = None,
-) -> np.ndarray:
-    """Average query expansion: mean of each query and the fine features of its `top` best hits."""
-    if top < 1:
-        raise ValueError(f"query expansion needs top >= 1, got {top}")
-    dbs = _databases(database, routes, len(ranking))
-    q = as_matrix(queries, "queries", dbs[0].shape[1])
-    route = np.zeros(len(q), dtype=np.int64) if routes is None else np.asarray(routes, dtype=np.int64)
-    expanded = q.copy()
-    for i in range(len(q)):
-        hits = ranking.ids[i, :top]
-        hits = hits[hits >= 0]
-        expanded[i] = (q[i] + dbs[route[i]][hits].sum(axis=0)) / (1 + len(hits))
-    return expanded
-
-
-def coarse_to_fine(
-    coarse_queries: np.ndarray,
-    coarse_database: np.ndarray,
-    fine_queries: np.ndarray,
-    fine_database: FineDatabase,
-    top_k: int,
-    routes: np.ndarray | None = None,
-    qe_top: int = 0,
-) -> Ranking:
-    """Coarse k-NN for the top-K candidates, then fine re-ranking (then QE within the same candidates).
-
-    `qe_top=0` disables query expansion. Returns K hits per query (fewer real hits when the database is
-    smaller, padded with -1).
-    """
-    candidates = knn(coarse_queries, coarse_database, top_k).ids
-    return fine_stage(fine_queries, fine_database, candidates, routes, qe_top)
-
-
-def fine_stage(
-    fine_queries: np.ndarray,
-    fine_database: FineDatabase,
-    candidates: np.ndarray,
-    routes: np.ndarray | None = None,
-    qe_top: int = 0,
-    demote: np.ndarray | None = None,
-) -> Ranking:
-    """The fine half of coarse-to-fine: re-rank `candidates`, optionally expand and re-rank again."""
-    ranking = rerank(fine_queries, fine_database, candidates, routes, demote=demote)
-    if qe_top:
-        expanded = expand_queries(fine_queries, fine_database, ranking, qe_top, routes)
-        ranking = rerank(expanded, fine_database, candidates, routes, demote=demote)
-    return ranking
+def average_query_expansion(queries: np.ndarray, database: np.ndarray, hits: np.ndarray) -> np.ndarray:
+    """Average query expansion: each query averaged with the database rows of its (Q, n) `hits` (-1 = none)."""
+    q = as_matrix(queries, "queries")
+    db = as_matrix(database, "database", q.shape[1], check_finite=False)
+    hits = np.asarray(hits, dtype=np.int64)
+    valid = (hits >= 0)[..., None]
+    summed = np.where(valid, db[np.maximum(hits, 0)], 0.0).sum(axis=1)
+    return ((q + summed) / (1 + valid.sum(axis=1))).astype(np.float32)
 
 
 def _databases(database: FineDatabase, routes: np.ndarray | None, n_queries: int) -> list[np.ndarray]:

@@ -11,12 +11,12 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from swagger_ui_bundle import swagger_ui_path
 
 from fgia.data.images import ImageLoadError, load_image
 from fgia.serve.batching import QueueFull, SearchBatcher, SearchOptions
@@ -28,9 +28,10 @@ from fgia.serve.uploads import ACCEPTED_TYPES, UploadError, decode_upload
 STATIC_DIR = Path(__file__).parent / "static"
 # The pipelines of fgia.retrieval.engine.PIPELINES (a test keeps them equal; importing the engine here would
 # load torch and the models' code just to declare the API).
-Pipeline = Literal["c2f", "c2f-image", "c2f-unified", "single"]
-PIPELINE_HELP = ("c2f: coarse-to-fine; c2f-image: whole-image fine features only; c2f-unified: the unified model "
-                 "re-ranks; single: one-stage search of the compact coarse feature")
+Pipeline = Literal["c2f", "c2f-image", "c2f-unified", "coarse", "coarse-full", "unified"]
+PIPELINE_HELP = ("c2f: coarse-to-fine (the system's pipeline); c2f-image: whole-image fine features only; "
+                 "c2f-unified: the unified model re-ranks; coarse, coarse-full, unified: one exact search of the "
+                 "compact coarse feature, the full Conv-Net feature or the unified embedding")
 log = logging.getLogger(__name__)
 
 

@@ -33,7 +33,8 @@ def main(
     val_split: str | None = typer.Option(None, help="split to evaluate on after epochs"),
     out: Path | None = typer.Option(None, help="checkpoint folder (overrides out_dir in the config)"),
     resume: bool = typer.Option(False, "--resume", help="continue from out/trainer_state.pt"),
-    per_category: bool = typer.Option(False, "--per-category", help="unified + one model per meta-category"),
+    per_category: int = typer.Option(0, "--per-category", metavar="EPOCHS",
+                                     help="also fine-tune one model per meta-category from the unified one"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Train the model described by CONFIG on DATA."""
@@ -45,7 +46,7 @@ def main(
         if per_category:
             if cfg.out_dir is None:
                 raise typer.BadParameter("--per-category needs --out (or out_dir in the config)")
-            fit_per_category(cfg, train, cfg.out_dir, val=val, progress=progress)
+            fit_per_category(cfg, train, cfg.out_dir, per_category, val=val, progress=progress)
         else:
             fit(cfg, train, val, progress=progress)
     finally:

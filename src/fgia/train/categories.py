@@ -1,4 +1,10 @@
-"""The paper's category-specific CN-Nets: one model per meta-category, one unified model, a coarse router."""
+"""The paper's category-specific models: one unified model on every meta-category, then one per meta-category.
+
+Each category model starts from the trained unified model restricted to its category's species (the model's
+`restricted_to`) and is fine-tuned on that category alone. On small auxiliary sets this beats training each one
+from the pretrained weights (a cars-only model trained from ImageNet weights was worse on cars than the unified
+one), and with a frozen lower trunk every model keeps sharing it.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,13 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import torch.nn as nn
+
 from fgia.data.samples import FineGrainedDataset
 from fgia.train.config import TrainConfig
 from fgia.train.trainer import TrainResult, fit
 
 UNIFIED = "unified"
-COARSE = "coarse"
 
 
 def category_classes(ds: FineGrainedDataset, category: str) -> list[int]:
@@ -27,51 +34,42 @@ def category_subset(ds: FineGrainedDataset, category: str, class_ids: list[int])
     return ds.filter(lambda s: s.category == category).with_classes(class_ids, name=f"{ds.name}:{category}")
 
 
-def coarse_dataset(ds: FineGrainedDataset, categories: list[str]) -> FineGrainedDataset:
-    """The same images labelled by meta-category (classes = `categories`), for coarse routing."""
-    index = {c: i for i, c in enumerate(categories)}
-    unknown = {s.category for s in ds.samples} - index.keys()
-    if unknown:
-        raise ValueError(f"{ds.name!r} has categories outside {categories}: {sorted(map(str, unknown))}")
-    samples = [replace(s, label=index[s.category]) for s in ds.samples]
-    return FineGrainedDataset(name=f"{ds.name}:coarse", root=ds.root, classes=categories, samples=samples)
-
-
-def fit_per_category(cfg: TrainConfig, aux: FineGrainedDataset, out_dir: str | os.PathLike,
-                     val: FineGrainedDataset | None = None, progress: bool = True,
-                     coarse: bool = False, category_epochs: int | None = None) -> dict[str, TrainResult]:
-    """Train a unified model on all of `aux`, then one model per meta-category (and, with `coarse`, a
-    meta-category classifier), each in `out_dir/<name>/`. Returns {"unified": ..., category: ..., "coarse": ...}.
-
-    Every sample needs its `category`; `val`, when given, is split the same way. With `category_epochs`, each
-    category model starts from the trained unified model restricted to its classes (the model's
-    `restricted_to`) and is fine-tuned for that many epochs with `cfg`'s rates; without, it trains from
-    `cfg`'s weights like the unified one.
-    """
-    missing = [s.path for s in aux.samples if s.category is None]
+def categories_of(ds: FineGrainedDataset) -> list[str]:
+    """The sorted meta-categories of `ds`; every sample must have one, and none may be called "unified"."""
+    missing = [s.path for s in ds.samples if s.category is None]
     if missing:
-        raise ValueError(f"{len(missing)} sample(s) of {aux.name!r} have no meta-category, e.g. {missing[0]}")
-    categories = sorted({s.category for s in aux.samples})
-    if {UNIFIED, COARSE} & set(categories):
-        raise ValueError(f"a meta-category may not be called {UNIFIED!r} or {COARSE!r}")
+        raise ValueError(f"{len(missing)} sample(s) of {ds.name!r} have no meta-category, e.g. {missing[0]}")
+    categories = sorted({s.category for s in ds.samples})
+    if UNIFIED in categories:
+        raise ValueError(f"a meta-category may not be called {UNIFIED!r}")
+    return categories
+
+
+def fit_category_model(cfg: TrainConfig, unified: nn.Module, aux: FineGrainedDataset, category: str,
+                       epochs: int, val: FineGrainedDataset | None = None, progress: bool = True) -> TrainResult:
+    """Fine-tune `unified` restricted to `category`'s species on that category's images for `epochs`."""
+    if epochs < 1:
+        raise ValueError(f"a category model needs epochs >= 1, got {epochs}")
+    if not hasattr(unified, "restricted_to"):
+        raise TypeError(f"category models need a model with restricted_to(class_ids); {cfg.model!r} has none")
+    ids = category_classes(aux, category)
+    out = Path(cfg.out_dir).parent / category if cfg.out_dir is not None else None
+    fine_tune = replace(cfg, out_dir=out, epochs=epochs, warmup_epochs=min(cfg.warmup_epochs, epochs), resume=False)
+    return fit(fine_tune, category_subset(aux, category, ids),
+               category_subset(val, category, ids) if val is not None else None, progress,
+               model=unified.restricted_to(ids))
+
+
+def fit_per_category(cfg: TrainConfig, aux: FineGrainedDataset, out_dir: str | os.PathLike, category_epochs: int,
+                     val: FineGrainedDataset | None = None, progress: bool = True) -> dict[str, TrainResult]:
+    """Train a unified model on all of `aux`, then fine-tune one model per meta-category from it for
+    `category_epochs`, each in `out_dir/<name>/`. Returns {"unified": ..., category: ...}; `val`, when given, is
+    split the same way."""
+    categories = categories_of(aux)
     out = Path(out_dir)
-    if category_epochs is not None and category_epochs < 1:
-        raise ValueError(f"category_epochs must be >= 1 (or None to train category models from scratch), got "
-                         f"{category_epochs}")
     results = {UNIFIED: fit(replace(cfg, out_dir=out / UNIFIED), aux, val, progress)}
     unified = results[UNIFIED].model
-    if category_epochs is not None and not hasattr(unified, "restricted_to"):
-        raise TypeError(f"category_epochs needs a model with restricted_to(class_ids); {cfg.model!r} has none")
     for category in categories:
-        ids = category_classes(aux, category)
-        train, val_set = category_subset(aux, category, ids), category_subset(val, category, ids) if val else None
-        if category_epochs is None:
-            results[category] = fit(replace(cfg, out_dir=out / category), train, val_set, progress)
-            continue
-        fine_tune = replace(cfg, out_dir=out / category, epochs=category_epochs,
-                            warmup_epochs=min(cfg.warmup_epochs, category_epochs))
-        results[category] = fit(fine_tune, train, val_set, progress, model=unified.restricted_to(ids))
-    if coarse:
-        results[COARSE] = fit(replace(cfg, out_dir=out / COARSE), coarse_dataset(aux, categories),
-                              coarse_dataset(val, categories) if val else None, progress)
+        results[category] = fit_category_model(replace(cfg, out_dir=out / UNIFIED), unified, aux, category,
+                                               category_epochs, val, progress)
     return results

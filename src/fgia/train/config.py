@@ -24,6 +24,9 @@ class TrainConfig:
     `loss` names a loss in `fgia.train.losses` (`register_loss`); `loss_kwargs` go to its factory.
     `mean`/`std`: input normalisation; None takes the model's own (its pretrained weights' statistics).
     `pk_images` > 0: P x K batches (metric learning): batch_size / pk_images classes, pk_images images each.
+    `cache_trunk`: for a model with frozen stages (`model_kwargs` `frozen_stages`), train on their output computed
+    once per image and view in `cache_views` (`fgia.train.cache`), kept in RAM, or in a memmap under `cache_dir`
+    that later runs reuse; a cache over `cache_budget_gb` is refused. Off: every step runs the frozen stages.
     `resume`: continue from `out_dir/trainer_state.pt` when it exists (start fresh when it does not).
     """
 
@@ -53,6 +56,10 @@ class TrainConfig:
     workers: int = 2
     device: str = "auto"
     ddp_find_unused_parameters: bool = False
+    cache_trunk: bool = True
+    cache_views: tuple[str, ...] = ("resize", "hflip")
+    cache_dir: Path | None = None
+    cache_budget_gb: float = 4.0
     out_dir: Path | None = None
     resume: bool = False
     val_every: int = 1

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from timm.optim import create_optimizer_v2
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from fgia.config import save_yaml, to_dict
 from fgia.data import build_transform, make_loader
@@ -29,13 +29,14 @@ from fgia.eval.metrics import mean_per_class_accuracy, topk_accuracy
 from fgia.models import create_model, save_model
 from fgia.models.output import ModelOutput
 from fgia.runtime import atomic_path, atomic_write_text, pick_device, seed_everything
+from fgia.train.cache import trunk_cache
 from fgia.train.config import TrainConfig
 from fgia.train.distributed import DistContext, all_reduce_sum, barrier, gather_objects, init_distributed, make_sampler
 from fgia.train.losses import LossFn, build_loss
 
 STATE_FILE = "trainer_state.pt"
 # Options that may change between an interrupted run and its resumption without changing the result.
-_RESUME_FREE = {"resume", "workers", "device", "out_dir", "val_every", "save_every"}
+_RESUME_FREE = {"resume", "workers", "device", "out_dir", "val_every", "save_every", "cache_dir", "cache_budget_gb"}
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -52,15 +53,18 @@ class TrainResult:
 
 
 class TrainStep(nn.Module):
-    """Model + loss in one module, so DDP synchronises a loss's own parameters (e.g. a margin classifier)."""
+    """Model + loss in one module, so DDP synchronises a loss's own parameters (e.g. a margin classifier).
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+    With `cached`, the inputs are the model's cached lower-trunk maps and only its `forward_top` runs."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, cached: bool = False) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
+        self.cached = cached
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        output: ModelOutput = self.model(images)
+        output: ModelOutput = self.model.forward_top(images) if self.cached else self.model(images)
         return self.loss_fn(output, labels), output.logits
 
 
@@ -162,23 +166,36 @@ class _Trainer:
         self.model = model if model is not None else create_model(
             cfg.model, num_classes=len(train.classes), **cfg.model_kwargs)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.step = TrainStep(self.model, loss_fn or build_loss(cfg, self.model))
-        self.step.to(self.ctx.device, memory_format=self.memory_format)
         self.mean, self.std = normalisation(self.model, cfg.mean, cfg.std)
+        cached = cfg.cache_trunk and getattr(self.model, "frozen_stages", 0) > 0
+        self.step = TrainStep(self.model, loss_fn or build_loss(cfg, self.model), cached=cached)
+        self.step.to(self.ctx.device, memory_format=self.memory_format)
+        if cached:
+            cache = trunk_cache(self.model.lower_trunk(), train.samples, image_size=cfg.image_size, mean=self.mean,
+                                std=self.std, views=cfg.cache_views, cache_dir=cfg.cache_dir,
+                                budget_gb=cfg.cache_budget_gb, device=self.ctx.device, batch_size=cfg.batch_size,
+                                workers=cfg.workers, progress=self.show)
+            dataset = cache.dataset(train.samples)
+            labels = dataset.labels
+        else:
+            dataset, labels = None, train.labels
 
         if sampler is not None and not hasattr(sampler, "set_epoch"):
             raise TypeError(f"{type(sampler).__name__} has no set_epoch(epoch); fit needs it to reshuffle each "
                             "epoch reproducibly (and to resume)")
         if sampler is None:
-            sampler = make_sampler(train.labels, self.ctx, balanced=cfg.balanced_sampling, seed=cfg.seed,
+            sampler = make_sampler(labels, self.ctx, balanced=cfg.balanced_sampling, seed=cfg.seed,
                                    batch_size=cfg.batch_size, pk_images=cfg.pk_images)
         self.sampler = sampler
         if len(self.sampler) < cfg.batch_size:
             raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(self.sampler)} training images each of "
                              f"the {self.ctx.world_size} process(es) gets; lower batch_size")
-        self.loader = make_loader(train.samples, build_transform(True, cfg.image_size, self.mean, self.std),
-                                  batch_size=cfg.batch_size, shuffle=False, workers=cfg.workers,
-                                  sampler=self.sampler, drop_last=True)
+        if dataset is not None:
+            self.loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=self.sampler, drop_last=True)
+        else:
+            self.loader = make_loader(train.samples, build_transform(True, cfg.image_size, self.mean, self.std),
+                                      batch_size=cfg.batch_size, shuffle=False, workers=cfg.workers,
+                                      sampler=self.sampler, drop_last=True)
         self.optimizer = create_optimizer_v2(
             self.step, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
             param_group_fn=partial(parameter_groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
