@@ -11,6 +11,9 @@ class names). For every database image it holds, computed offline in one pass of
     route         the meta-category the coarse classifier predicts for the image (index into categories); the
                   fine stage ranks candidates routed like the query before the others
     box           the discriminative region (x1, y1, x2, y2, original pixels) of the unified model
+    codes/<bits>  with `codes` (a system trained with `hash_bits`): the hashing model's binary code (+-1), with a
+                  FAISS binary index ("BFlat") for Hamming search: the "hash" pipeline, or "c2f-hash", where it
+                  replaces the coarse stage of coarse-to-fine
 
 Every pipeline (`Pipeline`) runs through `RetrievalEngine.rank` on a batch of query features, so evaluation,
 the CLI, the server and the benchmarks share one code path. Query expansion (the paper's "average the top-5
@@ -37,11 +40,12 @@ from PIL import Image
 
 from fgia.data.images import load_image
 from fgia.data.samples import FineGrainedDataset, Sample
+from fgia.features.binary import binarize
 from fgia.features.extract import FeatureSet
 from fgia.features.pca import l2_normalize
 from fgia.index import FeatureStore, IndexMismatchError, StoreRow
 from fgia.retrieval.search import Ranking, average_query_expansion, knn, rerank
-from fgia.retrieval.system import System, load_system
+from fgia.retrieval.system import HASH, System, load_system
 from fgia.runtime import atomic_write_text
 from fgia.train import UNIFIED
 
@@ -58,6 +62,8 @@ class Pipeline(str, Enum):
     C2F_IMAGE = "c2f-image"  # coarse-to-fine with the whole-image part of the routed model's fine feature
     C2F_UNIFIED = "c2f-unified"  # coarse-to-fine with the unified model's fine feature
     C2F = "c2f"  # coarse-to-fine with the routed (category-specific) model's fine feature: the system's pipeline
+    HASH = "hash"  # the binary code, one Hamming search over the whole database (an index built with codes)
+    C2F_HASH = "c2f-hash"  # coarse-to-fine whose candidates are the Hamming search's top-K, re-ranked like c2f
 
     @property
     def is_c2f(self) -> bool:
@@ -78,6 +84,11 @@ PIPELINES = tuple(p.value for p in Pipeline)
 def fine_name(model: str) -> str:
     """Store array holding the fine features of `model` ("unified" or a meta-category)."""
     return f"fine/{model}"
+
+
+def codes_name(bits: int) -> str:
+    """Store array holding the `bits`-bit binary codes."""
+    return f"codes/{bits}"
 
 
 @dataclass
@@ -118,6 +129,7 @@ class ImageFeatures:
     index: np.ndarray | None = None
     boxes: np.ndarray | None = None
     maps: np.ndarray | None = None
+    codes: np.ndarray | None = None  # the hashing model's relaxed codes of every length (its embedding)
 
     def __len__(self) -> int:
         return len(self.coarse)
@@ -142,7 +154,22 @@ def stage_features(system: System, feats: dict[str, FeatureSet]) -> ImageFeature
         index=unified.index,
         boxes=unified.boxes,
         maps=unified.maps,
+        codes=feats[HASH].image if HASH in feats else None,
     )
+
+
+def code_slice(system: System, bits: int) -> slice:
+    """Where the `bits`-bit code lies in the system's hashing model's relaxed codes (an error when it has none)."""
+    model = system.hash_model
+    if model is None or bits not in model.code_slices:
+        have = list(model.code_slices) if model is not None else "none (train the system with hash_bits)"
+        raise ValueError(f"the system has no {bits}-bit hashing model; its code lengths: {have}")
+    return model.code_slices[bits]
+
+
+def binary_codes(system: System, relaxed: np.ndarray, bits: int) -> np.ndarray:
+    """The +-1 `bits`-bit codes within a hashing model's relaxed codes of every length."""
+    return binarize(relaxed[:, code_slice(system, bits)])
 
 
 @dataclass
@@ -164,12 +191,15 @@ def build_index(
     device: str = "auto",
     chunk_size: int = 4096,
     progress: bool = False,
+    codes: int | None = None,
+    hash_factory: str = "BFlat",
 ) -> BuildResult:
     """Extract and store every stage's features of `database` (see the module docstring).
 
     `append=True` adds to an existing index built by the same system (refused otherwise); without it an
     existing index is an error. Unreadable images are skipped and counted. Writes are committed per chunk of
-    `chunk_size` images, so an interruption keeps every committed chunk.
+    `chunk_size` images, so an interruption keeps every committed chunk. `codes`: also store the system's
+    `codes`-bit binary codes with a `hash_factory` binary index (an appended index keeps the lengths it has).
     """
     if not len(database):
         raise ValueError(f"database {database.name!r} has no images to index")
@@ -179,17 +209,25 @@ def build_index(
     if append:
         store = FeatureStore.open(out, expected_fingerprint=fingerprint)
         meta = json.loads((out / ENGINE_FILE).read_text(encoding="utf-8"))
+        if codes and codes != meta.get("codes"):
+            held = meta.get("codes") or "no"
+            raise IndexMismatchError(f"index {out} holds {held} binary codes, not {codes}-bit ones")
     else:
         dims = {"coarse": system.coarse_pca.n_components, "unified": system.models[UNIFIED].embedding_dim,
                 "route": 1, "box": 4}
         dims |= {fine_name(n): system.fine_dim for n in system.fine_models}
-        store = FeatureStore.create(out, fingerprint, dims, indexes={"coarse": factory}, device=device)
-        meta = {"system_dir": str(Path(system_dir).resolve()), "classes": []}
+        indexes = {"coarse": factory}
+        if codes:
+            code_slice(system, codes)  # fail before extracting anything
+            dims[codes_name(codes)], indexes[codes_name(codes)] = codes, hash_factory
+        store = FeatureStore.create(out, fingerprint, dims, indexes=indexes, device=device)
+        meta = {"system_dir": str(Path(system_dir).resolve()), "classes": [], "codes": codes}
     classes: list[str] = meta["classes"]
     added = skipped = 0
     for start in range(0, len(database), chunk_size):
         samples = database.samples[start : start + chunk_size]
-        rows, arrays, n_skipped = _database_features(system, samples, database.classes, classes, progress)
+        rows, arrays, n_skipped = _database_features(system, samples, database.classes, classes, progress,
+                                                     meta.get("codes"))
         skipped += n_skipped
         if rows:
             store.append(rows, arrays, fingerprint=fingerprint)
@@ -200,13 +238,17 @@ def build_index(
 
 
 def _database_features(
-    system: System, samples: Sequence[Sample], source_classes: list[str], classes: list[str], progress: bool
+    system: System, samples: Sequence[Sample], source_classes: list[str], classes: list[str], progress: bool,
+    codes: int | None = None,
 ) -> tuple[list[StoreRow], dict[str, np.ndarray], int]:
-    """Rows and arrays for the readable `samples`; extends `classes` with new class names (in place)."""
+    """Rows and arrays for the readable `samples` (with `codes`-bit codes when given); extends `classes` with new
+    class names (in place)."""
     f = image_features(system, samples, progress=progress)
     boxes = f.boxes if f.boxes is not None else np.zeros((len(f), 4), np.float32)
     arrays = {"coarse": f.coarse, "unified": f.unified, "route": f.route[:, None].astype(np.float32),
               "box": boxes, **f.fine}
+    if codes:
+        arrays[codes_name(codes)] = binary_codes(system, f.codes, codes)
     position = {name: i for i, name in enumerate(classes)}
     rows = []
     for i in f.index:
@@ -246,6 +288,7 @@ class RetrievalEngine:
         self.routes = self.arrays["route"][:, 0].astype(np.int64)
         self.coarse_index = store.index("coarse")  # its positions are image ids: the array covers every image
         self.top_k = system.config.resolve_top_k(len(store))
+        self.code_bits = next((int(n.split("/")[1]) for n in store.dims if n.startswith("codes/")), None)
 
     @classmethod
     def load(
@@ -277,6 +320,7 @@ class RetrievalEngine:
             "image_size": cfg.image_size,
             "dims": self.store.dims,
             "factory": self.coarse_index.factory,
+            "codes": self.code_bits,
             "top_k": self.top_k,
             "query_expansion": cfg.qe_top,
             "system": str(self.system.path),
@@ -314,6 +358,14 @@ class RetrievalEngine:
         if query_expansion and not qe_top:
             raise ValueError("query expansion needs the system's qe_top >= 1")
         k = len(self) if full else top_k or self.top_k
+        if pipeline is Pipeline.HASH:
+            query, database = self._first_stage(qf, pipeline)
+            with timer("coarse_search"):
+                ranking = self._search_first(query, k, hashed=True)
+                if qe_top:
+                    expanded = average_query_expansion(query, database, ranking.ids[:, :qe_top])
+                    ranking = self._search_first(expanded, k, hashed=True)
+            return ranking
         if not pipeline.is_c2f:
             query, database = self._single_stage(qf, pipeline)
             with timer("coarse_search"):
@@ -322,16 +374,37 @@ class RetrievalEngine:
                     ranking = knn(average_query_expansion(query, database, ranking.ids[:, :qe_top]), database, k)
             return ranking
         k_coarse = top_k or self.top_k
+        hashed = pipeline is Pipeline.C2F_HASH
+        first, first_database = self._first_stage(qf, pipeline)
         query, databases = self._fine_inputs(qf, pipeline)
-        ranking = self._c2f(qf.coarse, query, databases, qf.route, k_coarse, full, timer)
+        ranking = self._c2f(first, query, databases, qf.route, k_coarse, full, timer, hashed)
         if qe_top:
             hits = ranking.ids[:, :qe_top]
             with timer("fine_search"):
-                coarse = average_query_expansion(qf.coarse, self.arrays["coarse"], hits)
+                first = average_query_expansion(first, first_database, hits)
                 query = np.stack([average_query_expansion(q[None], databases[r], h[None])[0]
                                   for q, r, h in zip(query, qf.route, hits)]) if len(query) else query
-            ranking = self._c2f(coarse, query, databases, qf.route, k_coarse, full, timer)
+            ranking = self._c2f(first, query, databases, qf.route, k_coarse, full, timer, hashed)
         return ranking
+
+    def _first_stage(self, qf: ImageFeatures, pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
+        """(query, database) features of the stage that picks candidates: the binary codes for the hash pipelines,
+        else the coarse feature."""
+        if pipeline not in (Pipeline.HASH, Pipeline.C2F_HASH):
+            return qf.coarse, self.arrays["coarse"]
+        if self.code_bits is None:
+            raise ValueError(f"pipeline {pipeline.value!r} needs an index built with binary codes (fgia index "
+                             "--codes BITS, with a system trained with hash_bits)")
+        return binary_codes(self.system, qf.codes, self.code_bits), self.arrays[codes_name(self.code_bits)]
+
+    def _search_first(self, query: np.ndarray, k: int, hashed: bool) -> Ranking:
+        """The first stage's k nearest: Hamming distances in the binary code index, or Euclidean ones in the
+        coarse index."""
+        if hashed:
+            distances, ids = self.store.index(codes_name(self.code_bits)).search(query, k)
+            return Ranking(ids=ids, distances=distances)
+        sq, ids = self.coarse_index.search(query, k)
+        return Ranking(ids=ids, distances=np.sqrt(np.maximum(sq, 0)).astype(np.float32))
 
     def _single_stage(self, qf: ImageFeatures, pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
         if pipeline is Pipeline.COARSE:
@@ -353,28 +426,20 @@ class RetrievalEngine:
             query, databases = query[:, :part], [d[:, :part] for d in databases]
         return query, databases
 
-    def _c2f(self, coarse: np.ndarray, fine: np.ndarray, databases: list[np.ndarray], route: np.ndarray,
-             k: int, full: bool, timer: StageTimer) -> Ranking:
-        """Coarse top-K, re-ranked by fine distance (candidates routed like the query first); with `full`, the
-        rest of the database follows in coarse order."""
+    def _c2f(self, first: np.ndarray, fine: np.ndarray, databases: list[np.ndarray], route: np.ndarray,
+             k: int, full: bool, timer: StageTimer, hashed: bool = False) -> Ranking:
+        """The first stage's top-K (coarse, or Hamming when `hashed`), re-ranked by fine distance (candidates
+        routed like the query first); with `full`, the rest of the database follows in first-stage order."""
         with timer("coarse_search"):
-            if full:
-                order = self._coarse_search(coarse, len(self))[1]
-                candidates, rest = order[:, :k], order[:, k:]
-            else:
-                candidates = self._coarse_search(coarse, k)[1]
+            found = self._search_first(first, len(self) if full else k, hashed)
+            candidates, rest = found.ids[:, :k], found.ids[:, k:]
         with timer("fine_search"):
             other = (self.routes[np.maximum(candidates, 0)] != route[:, None]) & (candidates >= 0)
             ranking = rerank(fine, databases, candidates, route, demote=other)
         if not full:
             return ranking
-        coarse_distances = np.linalg.norm(self.arrays["coarse"][rest] - coarse[:, None, :], axis=2)
         return Ranking(ids=np.concatenate([ranking.ids, rest], axis=1),
-                       distances=np.concatenate([ranking.distances, coarse_distances.astype(np.float32)], axis=1))
-
-    def _coarse_search(self, coarse: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        sq, ids = self.coarse_index.search(coarse, k)
-        return np.sqrt(np.maximum(sq, 0)).astype(np.float32), ids
+                       distances=np.concatenate([ranking.distances, found.distances[:, k:]], axis=1))
 
     # ------------------------------------------------------------------------------------------- answering
     def search(

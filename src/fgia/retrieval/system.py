@@ -19,6 +19,7 @@ Layout of a system directory:
     pca/<name>-image.*       PCA of model <name>'s whole-image feature to the part dimension
     pca/<name>-region.*      ... and of its region feature (with regions)
     classifier.npz           logistic regression on the coarse feature -> meta-category
+    hash/                    with `hash_bits`: the hashing model (`fgia.models.hashing`) giving binary codes
     aux_unified.npz          AD's unified Conv-Net features and meta-category indices (for the classifier table)
 
 Feature conventions (shared by indexing and querying, so they live here only): a model's feature of an image
@@ -64,6 +65,8 @@ CONFIG_FILE = "system.yaml"
 CLASSIFIER_FILE = "classifier.npz"
 AUX_FILE = "aux_unified.npz"
 OFFTHESHELF = "offtheshelf"
+HASH = "hash"
+HASH_MODELS = ("a2net_hash",)  # hashing models with maps, so that the system's extraction can keep them
 
 
 @dataclass
@@ -112,7 +115,9 @@ class SystemConfig:
     the pretrained GAP), `coarse_dim`, `part_dim`; the PCAs and the coarse classifier are fitted on at most
     `fit_images` AD images (a seeded draw, the same share of each meta-category). Search: `top_k` candidates (or `top_k_fraction` of the
     database), `qe_top` hits averaged by query expansion (0: none). `classifier_dims`: coarse-feature
-    dimensions for the classifier-accuracy table (0 = full).
+    dimensions for the classifier-accuracy table (0 = full). `hash_bits`: code lengths of a hashing model
+    (`hash_model`, trained on AD with the same recipe and frozen trunk after the unified model) whose binary codes
+    `fgia index --codes` stores for Hamming search; empty: none.
     """
 
     backbone: str = "resnet18"
@@ -148,8 +153,12 @@ class SystemConfig:
     workers: int = 0
     seed: int = 0
     train_options: dict[str, Any] = field(default_factory=dict)
+    hash_bits: tuple[int, ...] = ()
+    hash_model: str = "a2net_hash"
 
     def __post_init__(self) -> None:
+        if self.hash_model not in HASH_MODELS:
+            raise ValueError(f"hash_model must be one of {HASH_MODELS}, got {self.hash_model!r}")
         for name in ("coarse_dim", "part_dim", "fit_images", "top_k", "image_size", "epochs", "head_dim",
                      "batch_size"):
             if getattr(self, name) < 1:
@@ -196,6 +205,13 @@ class SystemConfig:
             "workers": self.workers, "out_dir": out_dir, **self.train_options,
         }
         return TrainConfig(**options)
+
+    def hash_train_config(self, out_dir: Path | None = None) -> TrainConfig:
+        """The TrainConfig of the hashing model: the system's recipe with `hash_model`, its loss and `hash_bits`."""
+        model_kwargs = {"backbone": self.backbone, "weights": self.weights, "bits": list(self.hash_bits),
+                        "frozen_stages": self.frozen_stages}
+        return replace(self.train_config(out_dir), model=self.hash_model, model_kwargs=model_kwargs,
+                       loss=self.hash_model)
 
 
 class CoarseClassifier:
@@ -288,10 +304,14 @@ class System:
     part_pcas: dict[str, tuple[FeaturePCA, FeaturePCA | None]]
     classifier: CoarseClassifier
     fingerprint: str
+    hash_model: nn.Module | None = None
     group: TrunkGroup = field(init=False)
 
     def __post_init__(self) -> None:
-        self.group = TrunkGroup(self.models)
+        # The hashing model joins the extraction pass (its relaxed codes come out as features[HASH]) but is no
+        # fine model.
+        extra = {HASH: self.hash_model} if self.hash_model is not None else {}
+        self.group = TrunkGroup({**self.models, **extra})
 
     @property
     def fine_models(self) -> list[str]:
@@ -372,6 +392,9 @@ def train_system(
     if cfg.offtheshelf_weight > 0:
         models[OFFTHESHELF] = offtheshelf_model(cfg)
         save_model(models[OFFTHESHELF], out / "models" / OFFTHESHELF, ["none"])
+    if cfg.hash_bits:
+        console.log(f"training the hashing model ({cfg.hash_model}, {', '.join(map(str, cfg.hash_bits))} bits)")
+        fit(cfg.hash_train_config(out / HASH), auxiliary, progress=progress)
 
     fit_set = _draw(auxiliary, cfg.fit_images, cfg.seed)
     console.log(f"fitting PCAs and the coarse classifier on the features of {len(fit_set)} AD images")
@@ -617,6 +640,7 @@ def load_system(system_dir: str | os.PathLike, device: str = "auto") -> System:
                    for n in models if n != OFFTHESHELF},
         classifier=CoarseClassifier.load(path / CLASSIFIER_FILE),
         fingerprint=_fingerprint(path),
+        hash_model=load_model(path / HASH, str(dev))[0] if cfg.hash_bits else None,
     )
 
 
