@@ -36,7 +36,7 @@ from fgia.data import DatasetError, official_split, read_dataset, zero_shot_spli
 from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.eval.classify import ClassifyConfig, evaluate_classification
-from fgia.eval.metrics import evaluate_retrieval
+from fgia.metrics import evaluate_retrieval
 from fgia.features.descriptors import (
     DescriptorModel,
     PreLogits,
@@ -136,11 +136,10 @@ def holdout_split(ds: FineGrainedDataset, every: int) -> tuple[FineGrainedDatase
         return fit_part, replace(ds, samples=[ds.samples[i] for i in sorted(held)])
 
 
-def zero_shot_scores(features: np.ndarray, labels: np.ndarray, device: str = "auto") -> dict[str, float]:
+def zero_shot_scores(features: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Leave-one-out retrieval over one set: mAP, mAP@R and R@1/2/4/8 (Euclidean distance)."""
     n = len(features)
-    return evaluate_retrieval(features, labels, features, labels, ks=(1, 2, 4, 8), exclude_ids=np.arange(n),
-                              device=device)
+    return evaluate_retrieval(features, labels, features, labels, ks=(1, 2, 4, 8), exclude_ids=np.arange(n))
 
 
 @dataclass
@@ -263,7 +262,7 @@ def _method_row(embedder: MethodEmbedder, test: FineGrainedDataset, method: str)
     """One table row: the method's features of the retrieved classes, scored leave-one-out."""
     [emb] = embedder.embed(method, test.samples)
     labels = np.asarray(test.labels)[emb.index]
-    scores = zero_shot_scores(emb.features, labels, embedder.cfg.device)
+    scores = zero_shot_scores(emb.features, labels)
     return MethodResult(method, int(emb.features.shape[1]), emb.ms_per_image, emb.top1, scores["mAP"],
                         scores["mAP@R"], {f"R@{k}": scores[f"R@{k}"] for k in (1, 2, 4, 8)}, emb.train_seconds)
 

@@ -34,7 +34,7 @@ from fgia.data.protocols import SHARED_COMPOSITE
 from fgia.data.samples import Sample
 from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.eval.methods import MethodEmbedder, MethodsConfig, parse_method
-from fgia.eval.metrics import evaluate_rankings
+from fgia.metrics import evaluate_rankings
 from fgia.eval.report import Hit, OsfgirReport, QueryExample, print_report, to_markdown, write_report
 from fgia.features.extract import extract_models
 from fgia.retrieval.engine import ENGINE_FILE, STAGES, ImageFeatures, Pipeline, RetrievalEngine, build_index

@@ -5,7 +5,7 @@ maps back to the original pixels exactly). Models that share a frozen lower trun
 `TrunkGroup`: the lower stages run once per batch and every model runs only its own top, so the unified and the
 category-specific models of a system cost one trunk pass plus their tops, not one whole network each.
 
-The discriminative region (`fgia.features.regions`) comes from one model's class-confidence maps (`region_from`);
+The discriminative region (`fgia.models.regions`) comes from one model's class-confidence maps (`region_from`);
 it is cropped from the batch tensor on the device with `roi_align` (from an image loaded at `region_zoom` x the
 model's size when that is above 1) and featurised again by every model. With `flip`, each embedding is the mean
 of the image's and its mirror image's. Unreadable images are skipped and counted.
@@ -30,7 +30,7 @@ from torchvision.transforms import v2
 from fgia.data.images import ORIGINAL_SIZE_KEY
 from fgia.data.samples import Sample
 from fgia.data.torch_dataset import make_loader
-from fgia.features.regions import region_boxes, scale_boxes
+from fgia.models.regions import region_boxes, scale_boxes
 from fgia.models.frozen import lower_and_top, module_digest
 from fgia.models.output import ModelOutput
 from fgia.runtime import pick_device

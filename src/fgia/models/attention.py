@@ -1,7 +1,7 @@
 """Attention-crop localisation model: the survey's localisation-classification family in its simplest form.
 
 First pass on the whole image -> class activation map (CAM) of the predicted class -> the discriminative
-region's box (`fgia.features.regions`) -> crop of the input (roi_align) -> second pass with the same weights
+region's box (`fgia.models.regions`) -> crop of the input (roi_align) -> second pass with the same weights
 -> fused logits. Both passes are trained with the classification loss (`head_logits` "full" and "crop").
 """
 
@@ -12,7 +12,7 @@ import torch.nn as nn
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from fgia.features.regions import region_boxes
+from fgia.models.regions import region_boxes
 from fgia.models.backbones import create_trunk
 from fgia.models.output import ModelOutput
 from fgia.models.registry import register_model

@@ -49,7 +49,7 @@ from fgia.config import load_yaml, save_yaml
 from fgia.data.protocols import hold_out_classes
 from fgia.data.readers import DatasetError
 from fgia.data.samples import FineGrainedDataset, Sample
-from fgia.eval.metrics import evaluate_retrieval
+from fgia.metrics import evaluate_retrieval
 from fgia.features.extract import FeatureSet, TrunkGroup, extract_from_images, extract_models
 from fgia.features.pca import FeaturePCA, l2_normalize
 from fgia.models import create_model, load_model, save_model
@@ -490,7 +490,7 @@ def validation_map(features: np.ndarray, labels: np.ndarray, categories: np.ndar
         if qe_top:
             hits = knn(f, f, qe_top + 1).ids[:, 1:]  # the nearest hit is the query itself
             queries = average_query_expansion(f, f, hits)
-        scores = evaluate_retrieval(queries, y, f, y, ks=(1,), exclude_ids=np.arange(len(rows)), device="cpu")
+        scores = evaluate_retrieval(queries, y, f, y, ks=(1,), exclude_ids=np.arange(len(rows)))
         total += scores["mAP"] * scores["n_queries"]
         count += scores["n_queries"]
     return total / max(1, count)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Sampler
 from fgia.config import save_yaml, to_dict
 from fgia.data import build_transform, make_loader
 from fgia.data.samples import FineGrainedDataset
-from fgia.eval.metrics import mean_per_class_accuracy, topk_accuracy
+from fgia.metrics import mean_per_class_accuracy, topk_accuracy
 from fgia.models import create_model, save_model
 from fgia.models.output import ModelOutput
 from fgia.runtime import atomic_path, atomic_write_text, pick_device, seed_everything
