@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -34,13 +34,14 @@ from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.eval.methods import MethodEmbedder, MethodsConfig
 from fgia.eval.metrics import evaluate_rankings, evaluate_retrieval
 from fgia.eval.report import Hit, OsfgirReport, QueryExample, print_report, write_report
-from fgia.retrieval.engine import ENGINE_FILE, STAGES, ImageFeatures, RetrievalEngine, build_index
+from fgia.retrieval.engine import STAGES, ImageFeatures, RetrievalEngine, build_index
 from fgia.retrieval.search import Ranking, knn
 from fgia.retrieval.system import SystemConfig, coarse_accuracy_table, load_aux_embeddings, train_system
-from fgia.runtime import atomic_path, pick_device, seed_everything
+from fgia.runtime import atomic_path, output_folder, pick_device, seed_everything
 
 DEMO_CONFIG = "demo.yaml"
 OSFGIR_CONFIG = "osfgir.yaml"
+OSFGIR_KIND = "osfgir run"
 
 
 @dataclass
@@ -97,17 +98,22 @@ def split_by_category(ds: FineGrainedDataset) -> tuple[dict[str, FineGrainedData
     return per_category, (unlabelled if len(unlabelled) else None)
 
 
-def run_osfgir(cfg: OsfgirConfig, progress: bool = True, console: Console | None = None) -> OsfgirReport:
-    """Run the protocol; returns the report (also written to `cfg.out_dir`)."""
-    console = console or Console()
+def run_osfgir(cfg: OsfgirConfig, progress: bool = True, console: Console | None = None,
+               force: bool = False) -> OsfgirReport:
+    """Run the protocol; returns the report (also written to `cfg.out_dir`). The run is written beside
+    `cfg.out_dir` and moved into place when complete; a previous run there is replaced, any other non-empty
+    folder refused unless `force` (see `fgia.runtime.output_folder`)."""
+    with output_folder(cfg.out_dir, OSFGIR_KIND, force=force) as out:
+        return _run_osfgir(cfg, out, progress, console or Console())
+
+
+def _run_osfgir(cfg: OsfgirConfig, out: Path, progress: bool, console: Console) -> OsfgirReport:
     started = time.perf_counter()
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "osfgir.yaml")
     seed_everything(cfg.seed)
 
     console.log("data and split")
-    datasets, distractors = load_datasets(cfg, progress)
+    datasets, distractors = load_datasets(replace(cfg, out_dir=out), progress)
     s = cfg.split
     split = build_osfgir_split(datasets, s.aux_fraction, s.query_fraction, s.queries_per_class, distractors,
                                cfg.seed, s.max_images_per_class)
@@ -116,8 +122,6 @@ def run_osfgir(cfg: OsfgirConfig, progress: bool = True, console: Console | None
     system_dir = train_system(split.auxiliary, cfg.system, out / "system", progress=progress)
     console.log(f"indexing {len(split.database)} database images")
     index_dir = out / "index"
-    if (index_dir / ENGINE_FILE).is_file():
-        shutil.rmtree(index_dir)  # a previous run's index, built by a system this run has just replaced
     build_index(system_dir, split.database, index_dir, factory=cfg.factory, device=cfg.system.device)
     engine = RetrievalEngine.load(index_dir, device=cfg.system.device)
 
@@ -314,15 +318,16 @@ def evaluate_osfgir(
     out_dir: Path = Path("fgia-out/eval"),
     progress: bool = True,
     console: Console | None = None,
+    force: bool = False,
     **overrides: Any,
 ) -> OsfgirReport:
     """The `fgia eval` job: run the protocol from an OsfgirConfig YAML (default: configs/osfgir.yaml with
     `data`, configs/demo.yaml on the synthetic benchmark without), print the tables and where the reports
-    are. `overrides` replace top-level OsfgirConfig fields."""
+    are. `overrides` replace top-level OsfgirConfig fields; `force` replaces a folder that is not a run's."""
     console = console or Console()
     default = default_config(OSFGIR_CONFIG if data is not None else DEMO_CONFIG)
     cfg = load_yaml(OsfgirConfig, config or default, data=data, out_dir=out_dir, **overrides)
-    report = run_osfgir(cfg, progress=progress, console=console)
+    report = run_osfgir(cfg, progress=progress, console=console, force=force)
     print_report(report, console)
     console.print(f"reports: {Path(cfg.out_dir) / 'report.md'}, {Path(cfg.out_dir) / 'report.html'}")
     return report
@@ -334,11 +339,13 @@ def run_demo(
     config: Path | None = None,
     progress: bool = True,
     console: Console | None = None,
+    force: bool = False,
     **overrides: Any,
 ) -> OsfgirReport:
     """The `fgia demo` job: configs/demo.yaml (or `config`) on the synthetic benchmark, or on the real dataset
     folder `data` with the same CPU-sized settings; prints the tables and writes the MD/JSON/HTML reports."""
-    return evaluate_osfgir(config or default_config(DEMO_CONFIG), data, out_dir, progress, console, **overrides)
+    return evaluate_osfgir(config or default_config(DEMO_CONFIG), data, out_dir, progress, console, force,
+                           **overrides)
 
 
 def run_real_bench(
@@ -349,6 +356,7 @@ def run_real_bench(
     work_dir: Path = Path("fgia-out/bench-real"),
     progress: bool = True,
     console: Console | None = None,
+    force: bool = False,
 ) -> OsfgirReport:
     """`fgia bench real`: the protocol on the shared birds/cars/flowers composite at `shared`, CPU-sized
     (configs/real.yaml) or full size (`full`: configs/osfgir.yaml, meant for a GPU). Models and index go to
@@ -359,7 +367,7 @@ def run_real_bench(
                     out_dir=Path(work_dir) / size)
     if weights is not None:
         cfg.system.weights = weights
-    report = run_osfgir(cfg, progress=progress, console=console)
+    report = run_osfgir(cfg, progress=progress, console=console, force=force)
     print_report(report, console)
     name = f"real_{size}_{pick_device(cfg.system.device).type}"
     for suffix in (".md", ".json"):

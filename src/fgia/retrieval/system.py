@@ -3,7 +3,7 @@
 Layout of a system directory (everything written by `train_system`, read by `load_system`):
 
     system.yaml              the resolved SystemConfig
-    system.json              categories, feature dimensions, training summary, fingerprint
+    system.json              categories, feature dimensions, training summary, the files the system wrote
     models/<name>/           one trained model per name: "unified" and every meta-category
     pca/coarse.*             PCA of the unified embedding to `coarse_dim` (the coarse feature)
     pca/<name>-image.*       PCA of model <name>'s whole-image embedding to the part dimension
@@ -35,14 +35,16 @@ from fgia.config import load_yaml, save_yaml
 from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.features.extract import FeatureSet, extract_features, extract_from_images
 from fgia.features.pca import FeaturePCA, l2_normalize
+from fgia.index import file_digest
 from fgia.models import load_model
-from fgia.runtime import atomic_path, atomic_write_text, pick_device, seed_everything
+from fgia.runtime import atomic_path, atomic_write_text, output_folder, pick_device, seed_everything
 from fgia.train import UNIFIED, TrainConfig, fit_per_category
 
 SYSTEM_FILE = "system.json"
 CONFIG_FILE = "system.yaml"
 CLASSIFIER_FILE = "classifier.npz"
 AUX_FILE = "aux_unified.npz"
+SYSTEM_KIND = "system"
 
 
 @dataclass
@@ -143,7 +145,7 @@ class CoarseClassifier:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Meta-category index per row."""
-        if len(self.model.classes_) == 1:
+        if len(self.model.classes_) == 1 or not len(features):  # sklearn refuses to predict zero rows
             return np.full(len(features), self.model.classes_[0], dtype=np.int64)
         return self.model.predict(features).astype(np.int64)
 
@@ -198,6 +200,7 @@ class System:
     coarse_pca: FeaturePCA
     part_pcas: dict[str, tuple[FeaturePCA, FeaturePCA]]
     classifier: CoarseClassifier
+    files: dict[str, str]  # the files the system wrote -> their SHA-256 now
     fingerprint: str
 
     @property
@@ -235,14 +238,22 @@ class System:
 
 
 def train_system(
-    auxiliary: FineGrainedDataset, cfg: SystemConfig, out_dir: str | os.PathLike, progress: bool = True
+    auxiliary: FineGrainedDataset, cfg: SystemConfig, out_dir: str | os.PathLike, progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """Train the whole system on the auxiliary set AD and save it in `out_dir`; returns `out_dir`.
 
     Trains the unified CN-Nets and one per meta-category, extracts AD features with each, fits the coarse
-    PCA + classifier on the unified embeddings and the per-part PCAs of every model.
+    PCA + classifier on the unified embeddings and the per-part PCAs of every model. The system is written
+    beside `out_dir` and moved into place when complete; an existing system (whose indexes would stop loading)
+    or a non-empty folder is refused unless `force` (see `fgia.runtime.output_folder`).
     """
-    out = Path(out_dir)
+    with output_folder(out_dir, SYSTEM_KIND, force=force, replace_own=False) as out:
+        _train_system(auxiliary, cfg, out, progress)
+    return Path(out_dir)
+
+
+def _train_system(auxiliary: FineGrainedDataset, cfg: SystemConfig, out: Path, progress: bool) -> None:
     categories = sorted({s.category for s in auxiliary.samples if s.category is not None})
     if not categories:
         raise ValueError(f"{auxiliary.name!r} has no meta-categories: every sample needs `category` for routing")
@@ -277,9 +288,9 @@ def train_system(
         "part_dim": part_dim,
         "auxiliary_images": len(auxiliary),
         "train_history": {n: r.history[-1] if r.history else {} for n, r in results.items()},
+        "files": sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name[0] != "."),
     }
     atomic_write_text(out / SYSTEM_FILE, json.dumps(info, indent=2))
-    return out
 
 
 def load_aux_embeddings(system_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -297,6 +308,7 @@ def load_system(system_dir: str | os.PathLike, device: str = "auto") -> System:
     cfg = load_yaml(SystemConfig, path / CONFIG_FILE, device=device)
     dev = pick_device(device)
     names = [UNIFIED, *info["categories"]]
+    files = _file_digests(path, info)
     return System(
         path=path,
         config=cfg,
@@ -306,15 +318,22 @@ def load_system(system_dir: str | os.PathLike, device: str = "auto") -> System:
         part_pcas={n: (FeaturePCA.load(path / "pca" / f"{n}-image"), FeaturePCA.load(path / "pca" / f"{n}-region"))
                    for n in names},
         classifier=CoarseClassifier.load(path / CLASSIFIER_FILE),
-        fingerprint=_fingerprint(path),
+        files=files,
+        fingerprint=hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16],
     )
 
 
-def _fingerprint(system_dir: Path) -> str:
-    """SHA-256 over every file of the system (models, PCAs, classifier, config), computed on load, so any
-    retraining or edited file changes it and an index built before is refused."""
-    digest = hashlib.sha256()
-    for p in sorted(q for q in system_dir.rglob("*") if q.is_file() and q.name != SYSTEM_FILE):
-        digest.update(str(p.relative_to(system_dir)).encode())
-        digest.update(hashlib.sha256(p.read_bytes()).digest())
-    return digest.hexdigest()[:16]
+def _file_digests(system_dir: Path, info: dict[str, Any]) -> dict[str, str]:
+    """SHA-256 of every file the system wrote (listed in system.json; systems saved before that list existed:
+    every file but system.json), computed on load, so any retraining or edited file changes the fingerprint
+    and an index built before is refused, while files others put in the folder do not matter."""
+    names = info.get("files") or sorted(p.relative_to(system_dir).as_posix() for p in system_dir.rglob("*")
+                                        if p.is_file() and p.name != SYSTEM_FILE)
+    digests = {}
+    for name in names:
+        try:
+            digests[name] = file_digest(system_dir / name)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{system_dir / name} is missing: the system at {system_dir} is incomplete "
+                                    "(copy it again, or retrain it)") from None
+    return digests

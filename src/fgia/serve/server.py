@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import uvicorn
@@ -28,10 +28,12 @@ def run(
     device: str = "auto",
     config: ServeConfig | None = None,
     log_level: str = "info",
+    verify: bool = False,
 ) -> None:
     """Load the engine from `index_dir` and serve the API and web page on http://host:port until interrupted.
 
-    With `config.batching="auto"`, concurrent queries are micro-batched when the engine runs on CUDA.
+    A damaged index is refused before serving (sizes and counts always, checksums too with `verify`). With
+    `config.batching="auto"`, concurrent queries are micro-batched when the engine runs on CUDA.
     """
     index_dir = Path(index_dir)
     if not index_dir.is_dir():
@@ -39,7 +41,7 @@ def run(
     from fgia.retrieval.engine import RetrievalEngine  # models, timm, faiss: loaded only once the path is known good
 
     resolved = pick_device(device)
-    engine = RetrievalEngine.load(index_dir, device=str(resolved))
+    engine = RetrievalEngine.load(index_dir, device=str(resolved), verify=verify)
     cfg = config or ServeConfig()
     if cfg.batching == "auto":
         cfg = replace(cfg, batching="on" if resolved.type == "cuda" else "off")
@@ -53,6 +55,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class ServedIndex:
+    """A `python -m fgia.serve` child process: its base URL and process id."""
+
+    url: str
+    pid: int
+
+
 @contextmanager
 def serve_subprocess(
     index_dir: str | os.PathLike,
@@ -61,8 +71,8 @@ def serve_subprocess(
     device: str = "auto",
     batching: str = "auto",
     startup_timeout_s: float = 120.0,
-) -> Iterator[str]:
-    """Run `python -m fgia.serve` in a child process; yield its base URL once /health answers; stop it on exit."""
+) -> Iterator[ServedIndex]:
+    """Run `python -m fgia.serve` in a child process; yield it once /health answers; stop it on exit."""
     port = port or free_port(host)
     url = f"http://{host}:{port}"
     cmd = [sys.executable, "-m", "fgia.serve", str(index_dir), "--host", host, "--port", str(port),
@@ -80,7 +90,7 @@ def serve_subprocess(
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"fgia serve did not answer {url}/health within {startup_timeout_s} s") from None
                 time.sleep(0.2)
-        yield url
+        yield ServedIndex(url, proc.pid)
     finally:
         proc.terminate()
         try:

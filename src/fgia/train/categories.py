@@ -54,6 +54,11 @@ def fit_per_category(cfg: TrainConfig, aux: FineGrainedDataset, out_dir: str | o
     categories = sorted({s.category for s in aux.samples})
     if {UNIFIED, COARSE} & set(categories):
         raise ValueError(f"a meta-category may not be called {UNIFIED!r} or {COARSE!r}")
+    small = {c: n for c in categories if (n := sum(s.category == c for s in aux.samples)) < cfg.batch_size}
+    if small:  # checked before training anything: the unified model would otherwise train first, in vain
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the images of meta-categor"
+                         f"{'ies' if len(small) > 1 else 'y'} {', '.join(f'{c} ({n})' for c, n in small.items())} "
+                         f"of {aux.name!r}; lower batch_size to at most {min(small.values())}")
     out = Path(out_dir)
     if category_epochs is not None and category_epochs < 1:
         raise ValueError(f"category_epochs must be >= 1 (or None to train category models from scratch), got "
