@@ -101,3 +101,13 @@ def test_decoded_bytes_over_the_servers_limit_are_413(fake_engine, bomb):
         resp = client.post("/search", files={"file": ("b.png", bomb.read_bytes(), "image/png")})
     assert resp.status_code == 413 and "MB decoded" in resp.json()["detail"]
     assert fake_engine.calls == []
+
+
+def test_the_server_returns_large_buffers_to_the_os():
+    import platform
+
+    from fgia.serve.server import release_large_buffers
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert release_large_buffers()
