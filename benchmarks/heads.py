@@ -33,8 +33,8 @@ import typer
 from fgia.data import build_osfgir_split, read_dataset
 from fgia.data.samples import FineGrainedDataset
 from fgia.data.synthetic import SynthConfig, generate_benchmark
-from fgia.metrics import evaluate_retrieval
 from fgia.features import extract_features
+from fgia.metrics import evaluate_retrieval
 from fgia.train import TrainConfig, evaluate, fit
 
 RESULTS = Path(__file__).resolve().parent / "results"

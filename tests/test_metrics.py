@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, top_k_accuracy_score
 
+from fgia.index.torch_flat import query_batches
 from fgia.metrics import (
     average_precision,
     evaluate_rankings,
@@ -15,7 +16,6 @@ from fgia.metrics import (
     ranking_metrics,
     topk_accuracy,
 )
-from fgia.index.torch_flat import query_batches
 
 
 def test_average_precision_hand_computed():

@@ -8,6 +8,7 @@ and exit non-zero; set FGIA_DEBUG=1 to see the traceback.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -17,15 +18,31 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
+
+
+class _DefaultCommandGroup(TyperGroup):
+    """A group whose first sub-command runs when the first argument names none (`fgia index SYS DATA` is
+    `fgia index build SYS DATA`, beside `fgia index verify DIR`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [next(iter(self.commands)), *args]
+        return super().parse_args(ctx, args)
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 datasets_app = typer.Typer(no_args_is_help=True, help="List supported dataset layouts; inspect or validate a folder.")
 bench_app = typer.Typer(no_args_is_help=True, help="Comparison benchmarks that write a Markdown + JSON table.")
+index_app = typer.Typer(cls=_DefaultCommandGroup, no_args_is_help=True,
+                        help="Index a database (`fgia index SYSTEM DATA --out DIR`) or verify an index.")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(bench_app, name="bench")
+app.add_typer(index_app, name="index")
 console = Console()
 
 DEFAULT_OUT = Path("fgia-out")
+FORCE_HELP = "replace a non-empty output folder (files fgia did not write are kept beside it)"
 
 
 # ----------------------------------------------------------------------------------------------- datasets
@@ -83,13 +100,14 @@ def synth(
     distractors: int = typer.Option(0, help="unlabelled distractor images"),
     seed: int = typer.Option(0),
     workers: int | None = typer.Option(None, help="processes (default: all cores)"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Generate the synthetic fine-grained benchmark in the CSV-manifest layout."""
     from fgia.data.synthetic import SynthConfig, generate_benchmark
 
     cfg = SynthConfig(categories=categories, species_per_category=species, images_per_species=images,
                       image_size=size, difficulty=difficulty, distractors=distractors, seed=seed)
-    manifest = generate_benchmark(cfg, out, workers=workers)
+    manifest = generate_benchmark(cfg, out, workers=workers, force=force)
     console.print(f"wrote {cfg.num_images} images: {manifest}")
 
 
@@ -104,6 +122,8 @@ def train(
     epochs: int | None = typer.Option(None),
     image_size: int | None = typer.Option(None),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 ..."),
+    force: bool = typer.Option(False, "--force", help=f"{FORCE_HELP}; indexes built with a replaced system "
+                               "stop loading"),
 ) -> None:
     """Train an OSFGIR system on an auxiliary set: unified + per-category CN-Nets, PCAs, coarse classifier.
 
@@ -114,7 +134,7 @@ def train(
 
     cfg = _system_config(config, backbone=backbone, weights=weights, epochs=epochs, image_size=image_size,
                          device=device)
-    system_dir = train_system(read_dataset(data), cfg, out)
+    system_dir = train_system(read_dataset(data), cfg, out, force=force)
     console.print(f"system written to {system_dir}")
 
 
@@ -134,21 +154,36 @@ def _system_config(path: Path | None, **overrides):
 
 
 # ----------------------------------------------------------------------------------------------- index
-@app.command()
+@index_app.command("build")
 def index(
     system: Path = typer.Argument(..., help="system folder written by `fgia train`"),
     data: Path = typer.Argument(..., help="database images: dataset folder or manifest (labels optional)"),
     out: Path = typer.Option(DEFAULT_OUT / "index", help="index folder"),
-    append: bool = typer.Option(False, "--append", help="add to an existing index built with the same system"),
+    append: bool = typer.Option(False, "--append", help="add to an existing index built with the same system "
+                                "(images already in it are skipped)"),
     factory: str = typer.Option("Flat", help="FAISS factory string for the coarse index, e.g. Flat, HNSW32"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
-    """Extract and store every stage's features of a database, then index them."""
+    """Extract and store every stage's features of a database, then index them (the default sub-command)."""
     from fgia.data import read_dataset
     from fgia.retrieval.engine import build_index
 
-    result = build_index(system, read_dataset(data), out, append=append, factory=factory)
-    console.print(f"index {result.index_dir}: added {result.added} images ({result.skipped} unreadable skipped), "
-                  f"{result.total} in total")
+    result = build_index(system, read_dataset(data), out, append=append, factory=factory, force=force)
+    console.print(f"index {result.index_dir}: added {result.added} images ({result.skipped} unreadable, "
+                  f"{result.duplicates} already indexed skipped), {result.total} in total", soft_wrap=True)
+
+
+@index_app.command("verify")
+def index_verify(
+    index_dir: Path = typer.Argument(..., help="index folder written by `fgia index`"),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Check every file of an index against its manifest (sizes and checksums) and load it with its system."""
+    from fgia.retrieval.engine import RetrievalEngine
+
+    engine = RetrievalEngine.load(index_dir, device=device, verify=True)
+    console.print(f"index {index_dir}: ok ({len(engine)} images, {len(engine.store.manifest['files'])} files "
+                  "match their checksums)", soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------------- search
@@ -159,7 +194,8 @@ def search(
     top_k: int = typer.Option(10, help="results per query"),
     pipeline: str = typer.Option("c2f", help="c2f (coarse-to-fine), c2f-image, c2f-unified, or single"),
     qe: bool = typer.Option(False, "--qe", help="query expansion"),
-    json_out: Path | None = typer.Option(None, "--json", help="write the ranked lists as JSON here"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the ranked lists as JSON here (a symlink is "
+                                         "written through, a FIFO written to)"),
     device: str = typer.Option("auto"),
 ) -> None:
     """Rank the database for each query image."""
@@ -192,6 +228,7 @@ def evaluate(
     data: Path | None = typer.Option(None, help="dataset folder/manifest (default: the synthetic benchmark)"),
     model: Path | None = typer.Option(None, help="model folder (classify and fewshot tasks)"),
     out: Path = typer.Option(DEFAULT_OUT / "eval", help="report folder"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Run an evaluation protocol and write a Markdown + JSON report."""
     if task in ("classify", "fewshot"):
@@ -210,7 +247,7 @@ def evaluate(
         raise typer.BadParameter(f"unknown task {task!r}: use osfgir, classify or fewshot")
     from fgia.eval.osfgir import evaluate_osfgir
 
-    evaluate_osfgir(config=config, data=data, out_dir=out)
+    evaluate_osfgir(config=config, data=data, out_dir=out, force=force)
 
 
 # ----------------------------------------------------------------------------------------------- serve
@@ -220,11 +257,12 @@ def serve(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
     device: str = typer.Option("auto"),
+    verify: bool = typer.Option(False, "--verify", help="check every index file's checksum before serving"),
 ) -> None:
     """Serve the search API and the web page for an index."""
     from fgia.serve import run
 
-    run(index_dir, host=host, port=port, device=device)
+    run(index_dir, host=host, port=port, device=device, verify=verify)
 
 
 # ----------------------------------------------------------------------------------------------- bench
@@ -249,6 +287,7 @@ def bench_real(
     weights: str | None = typer.Option(None, help="backbone weights (default: the config's, efficientnet-lite0)"),
     results: Path = typer.Option(Path("benchmarks/results"), help="where the Markdown + JSON tables go"),
     work: Path = typer.Option(DEFAULT_OUT / "bench-real", help="where models, index and full report go"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """The real-data OSFGIR benchmark on the whole birds/cars/flowers composite (Tables 4-7, the targets)."""
     from fgia.eval.osfgir import run_real_bench
@@ -256,7 +295,7 @@ def bench_real(
     if quick and full:
         raise typer.BadParameter("choose one of --quick and --full")
     size = "quick" if quick else "full" if full else "default"
-    run_real_bench(shared, size=size, weights=weights, results_dir=results, work_dir=work)
+    run_real_bench(shared, size=size, weights=weights, results_dir=results, work_dir=work, force=force)
 
 
 # ----------------------------------------------------------------------------------------------- demo
@@ -265,15 +304,27 @@ def demo(
     data: Path | None = typer.Option(None, help="a real dataset folder (default: generate the synthetic one)"),
     out: Path = typer.Option(DEFAULT_OUT / "demo", help="where data, models, index and report go"),
     config: Path | None = typer.Option(None, help="OsfgirConfig YAML (default: configs/demo.yaml values)"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Generate data, train, index, evaluate, print the tables and write an HTML report."""
     from fgia.eval.osfgir import run_demo
 
-    run_demo(data=data, out_dir=out, config=config)
+    run_demo(data=data, out_dir=out, config=config, force=force)
+
+
+class _NoticeHandler(logging.Handler):
+    """Notices about outputs (kept files, resumed builds) as `fgia: ...` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        Console(stderr=True).print(Text(f"fgia: {record.getMessage()}"), highlight=False, soft_wrap=True)
 
 
 def main() -> None:
     """Entry point: run the CLI, turning expected failures into a one-line error."""
+    notices = logging.getLogger("fgia.runtime")
+    if not any(isinstance(h, _NoticeHandler) for h in notices.handlers):
+        notices.addHandler(_NoticeHandler(logging.WARNING))
+        notices.propagate = False
     try:
         # Without standalone mode click returns a command's exit code instead of raising it.
         code = app(standalone_mode=False)

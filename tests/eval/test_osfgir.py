@@ -14,6 +14,7 @@ from fgia.data import OsfgirConfig as SplitConfig
 from fgia.eval.osfgir import OsfgirConfig, default_config, evaluate_osfgir, run_osfgir, split_by_category
 from fgia.retrieval.engine import STAGES, RetrievalEngine
 from fgia.retrieval.system import SelectionConfig, SystemConfig
+from fgia.runtime import output_kind
 
 ROWS = ["coarse-32d", "coarse-full", "unified", "c2f-image", "c2f-unified", "c2f", "c2f+qe", "gap-offtheshelf",
         "plain-finetuned"]
@@ -62,7 +63,8 @@ def test_run_writes_reports_and_resolved_config(run):
     assert "Table 4" in (out / "report.md").read_text() and "base64" in (out / "report.html").read_text()
     again = load_yaml(OsfgirConfig, out / "osfgir.yaml")
     assert again.system == cfg.system and again.seed == 3 and again.data == cfg.data
-    assert (out / "split" / "split.json").is_file() and (out / "index" / "engine.json").is_file()
+    assert (out / "split" / "split.json").is_file() and (out / "index" / "manifest.json").is_file()
+    assert output_kind(out) == "osfgir run" and output_kind(out / "index") == "index"
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "osfgir.yaml", "real.yaml", "real_quick.yaml"])

@@ -69,6 +69,7 @@ def _stray_files(directory):
     files = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
     live = {manifest["metadata"], "manifest.json"} | {
         v for a in manifest["arrays"].values() for v in (a["values"], a["ids"], a["index_file"])}
+    assert set(manifest["files"]) == live - {"manifest.json"}  # the manifest lists every file it names
     return files - live
 
 
@@ -100,11 +101,15 @@ def test_mismatches_are_refused_with_what_differs(tmp_path):
 
 
 @pytest.mark.parametrize("fail_at", ["index save", "manifest write"])
-def test_interrupted_append_leaves_previous_store_readable(tmp_path, monkeypatch, fail_at):
+@pytest.mark.parametrize("killed", [False, True], ids=["exception", "killed"])
+def test_interrupted_append_leaves_previous_store_readable(tmp_path, monkeypatch, fail_at, killed):
     rng = np.random.default_rng(2)
     store = _create(tmp_path / "s")
     store.append(*_batch(rng, 6))
     before = _snapshot(FeatureStore.open(tmp_path / "s", device="cpu"))
+    user_files = {"notes.g9.npy": b"mine", "arrays/mine.tmp": b"also mine"}
+    for name, data in user_files.items():
+        (tmp_path / "s" / name).write_bytes(data)
 
     def crash(*args, **kwargs):
         raise OSError("simulated crash")
@@ -113,18 +118,22 @@ def test_interrupted_append_leaves_previous_store_readable(tmp_path, monkeypatch
         monkeypatch.setattr(VectorIndex, "save", crash)
     else:
         monkeypatch.setattr("fgia.index.store.atomic_write_text", crash)
+    if killed:  # a killed process runs no clean-up
+        monkeypatch.setattr(FeatureStore, "_remove_generation", lambda self, generation: None)
     with pytest.raises(OSError, match="simulated crash"):
         store.append(*_batch(rng, 5, start=6))
     monkeypatch.undo()
-    assert _stray_files(tmp_path / "s")  # the crashed append left half-written files behind
+    assert bool(_stray_files(tmp_path / "s") - set(user_files)) == killed  # half-written files only when killed
 
-    after = FeatureStore.open(tmp_path / "s", device="cpu")
+    after = FeatureStore.open(tmp_path / "s", device="cpu", verify=True)
     for got, want in zip(_snapshot(after), before):
         np.testing.assert_array_equal(got, want)
     assert len(after.index("coarse")) == 6
-    # The store object that failed is still consistent, and the next append succeeds and cleans up.
+    # The store object that failed is still consistent, and the next append succeeds and cleans up after the
+    # killed one, deleting nothing it did not write itself.
     assert len(store.index("coarse")) == 6
     store.append(*_batch(rng, 5, start=6))
-    final = FeatureStore.open(tmp_path / "s", device="cpu")
+    final = FeatureStore.open(tmp_path / "s", device="cpu", verify=True)
     assert len(final) == 11 and len(final.index("coarse")) == 11 and final.array("coarse").shape == (11, 8)
-    assert _stray_files(tmp_path / "s") == set()
+    assert _stray_files(tmp_path / "s") == set(user_files)
+    assert all((tmp_path / "s" / name).read_bytes() == data for name, data in user_files.items())

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from fgia.data import read_dataset
-from fgia.metrics import evaluate_retrieval
 from fgia.features.extract import extract_models
 from fgia.features.pca import l2_normalize
+from fgia.metrics import evaluate_retrieval
 from fgia.models import create_model
 from fgia.train import TrainConfig, fit
 

@@ -36,7 +36,6 @@ from fgia.data import DatasetError, official_split, read_dataset, zero_shot_spli
 from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.eval.classify import ClassifyConfig, evaluate_classification
-from fgia.metrics import evaluate_retrieval
 from fgia.features.descriptors import (
     DescriptorModel,
     PreLogits,
@@ -46,6 +45,7 @@ from fgia.features.descriptors import (
 )
 from fgia.features.extract import extract_models
 from fgia.features.pca import l2_normalize
+from fgia.metrics import evaluate_retrieval
 from fgia.models import create_network, create_trunk
 from fgia.runtime import atomic_write_text, seed_everything
 from fgia.train.config import TrainConfig

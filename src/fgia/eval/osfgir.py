@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -34,10 +33,10 @@ from fgia.data.protocols import SHARED_COMPOSITE
 from fgia.data.samples import Sample
 from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.eval.methods import MethodEmbedder, MethodsConfig, parse_method
-from fgia.metrics import evaluate_rankings
 from fgia.eval.report import Hit, OsfgirReport, QueryExample, print_report, to_markdown, write_report
 from fgia.features.extract import extract_models
-from fgia.retrieval.engine import ENGINE_FILE, STAGES, ImageFeatures, Pipeline, RetrievalEngine, build_index
+from fgia.metrics import evaluate_rankings
+from fgia.retrieval.engine import STAGES, ImageFeatures, Pipeline, RetrievalEngine, build_index
 from fgia.retrieval.search import knn
 from fgia.retrieval.system import (
     SYSTEM_FILE,
@@ -48,11 +47,12 @@ from fgia.retrieval.system import (
     train_system,
     unified_model,
 )
-from fgia.runtime import atomic_write_text, pick_device, seed_everything
+from fgia.runtime import atomic_write_text, output_folder, pick_device, seed_everything
 from fgia.train import UNIFIED
 
 DEMO_CONFIG = "demo.yaml"
 OSFGIR_CONFIG = "osfgir.yaml"
+OSFGIR_KIND = "osfgir run"
 
 
 @dataclass
@@ -109,17 +109,22 @@ def split_by_category(ds: FineGrainedDataset) -> tuple[dict[str, FineGrainedData
     return per_category, (unlabelled if len(unlabelled) else None)
 
 
-def run_osfgir(cfg: OsfgirConfig, progress: bool = True, console: Console | None = None) -> OsfgirReport:
-    """Run the protocol; returns the report (also written to `cfg.out_dir`)."""
-    console = console or Console()
+def run_osfgir(cfg: OsfgirConfig, progress: bool = True, console: Console | None = None,
+               force: bool = False) -> OsfgirReport:
+    """Run the protocol; returns the report (also written to `cfg.out_dir`). The run is written beside
+    `cfg.out_dir` and moved into place when complete; a previous run there is replaced, any other non-empty
+    folder refused unless `force` (see `fgia.runtime.output_folder`)."""
+    with output_folder(cfg.out_dir, OSFGIR_KIND, force=force) as out:
+        return _run_osfgir(cfg, out, progress, console or Console())
+
+
+def _run_osfgir(cfg: OsfgirConfig, out: Path, progress: bool, console: Console) -> OsfgirReport:
     started = time.perf_counter()
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "osfgir.yaml")
     seed_everything(cfg.seed)
 
     console.log("data and split")
-    datasets, distractors = load_datasets(cfg, progress)
+    datasets, distractors = load_datasets(replace(cfg, out_dir=out), progress)
     s = cfg.split
     split = build_osfgir_split(datasets, s.aux_fraction, s.query_fraction, s.queries_per_class, distractors,
                                cfg.seed, s.max_images_per_class)
@@ -129,8 +134,6 @@ def run_osfgir(cfg: OsfgirConfig, progress: bool = True, console: Console | None
     system_info = json.loads((system_dir / SYSTEM_FILE).read_text(encoding="utf-8"))
     console.log(f"indexing {len(split.database)} database images")
     index_dir = out / "index"
-    if (index_dir / ENGINE_FILE).is_file():
-        shutil.rmtree(index_dir)  # a previous run's index, built by a system this run has just replaced
     index_started = time.perf_counter()
     build_index(system_dir, split.database, index_dir, factory=cfg.factory, device=cfg.system.device,
                 progress=progress)
@@ -341,15 +344,16 @@ def evaluate_osfgir(
     out_dir: Path = Path("fgia-out/eval"),
     progress: bool = True,
     console: Console | None = None,
+    force: bool = False,
     **overrides: Any,
 ) -> OsfgirReport:
     """The `fgia eval` job: run the protocol from an OsfgirConfig YAML (default: configs/osfgir.yaml with
     `data`, configs/demo.yaml on the synthetic benchmark without), print the tables and where the reports
-    are. `overrides` replace top-level OsfgirConfig fields."""
+    are. `overrides` replace top-level OsfgirConfig fields; `force` replaces a folder that is not a run's."""
     console = console or Console()
     default = default_config(OSFGIR_CONFIG if data is not None else DEMO_CONFIG)
     cfg = load_yaml(OsfgirConfig, config or default, data=data, out_dir=out_dir, **overrides)
-    report = run_osfgir(cfg, progress=progress, console=console)
+    report = run_osfgir(cfg, progress=progress, console=console, force=force)
     print_report(report, console)
     console.print(f"reports: {Path(cfg.out_dir) / 'report.md'}, {Path(cfg.out_dir) / 'report.html'}")
     return report
@@ -361,11 +365,13 @@ def run_demo(
     config: Path | None = None,
     progress: bool = True,
     console: Console | None = None,
+    force: bool = False,
     **overrides: Any,
 ) -> OsfgirReport:
     """The `fgia demo` job: configs/demo.yaml (or `config`) on the synthetic benchmark, or on the real dataset
     folder `data` with the same CPU-sized settings; prints the tables and writes the MD/JSON/HTML reports."""
-    return evaluate_osfgir(config or default_config(DEMO_CONFIG), data, out_dir, progress, console, **overrides)
+    return evaluate_osfgir(config or default_config(DEMO_CONFIG), data, out_dir, progress, console, force,
+                           **overrides)
 
 
 REAL_SIZES = {"default": ("real.yaml", "real"), "quick": ("real_quick.yaml", "real_quick"),
@@ -381,6 +387,7 @@ def run_real_bench(
     work_dir: Path = Path("fgia-out/bench-real"),
     progress: bool = True,
     console: Console | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """`fgia bench real`: the protocol on the shared birds/cars/flowers composite at `shared`: the whole composite
     at CPU size (configs/real.yaml), a few-minute `quick` version, or `full` size (configs/osfgir.yaml, for a GPU).
@@ -391,7 +398,7 @@ def run_real_bench(
     cfg = load_yaml(OsfgirConfig, default_config(config_name), data=shared, out_dir=Path(work_dir) / size)
     if weights is not None:
         cfg.system.weights = weights
-    report = run_osfgir(cfg, progress=progress, console=console)
+    report = run_osfgir(cfg, progress=progress, console=console, force=force)
     print_report(report, console)
     payload = real_bench_payload(report, cfg, shared)
     name = f"{stem}_{pick_device(cfg.system.device).type}"

@@ -30,9 +30,9 @@ from torchvision.transforms import v2
 from fgia.data.images import ORIGINAL_SIZE_KEY
 from fgia.data.samples import Sample
 from fgia.data.torch_dataset import make_loader
-from fgia.models.regions import region_boxes, scale_boxes
 from fgia.models.frozen import lower_and_top, module_digest
 from fgia.models.output import ModelOutput
+from fgia.models.regions import region_boxes, scale_boxes
 from fgia.runtime import pick_device
 
 

@@ -2,16 +2,19 @@
 
 Layout of a store directory::
 
-    manifest.json            fingerprint, dims, index configs, counts, file names of the live generation
-    metadata.g<G>.csv        id,path,category,label (label -1 = unlabelled)
+    manifest.json            the commit: fingerprint, dims, counts, attributes, and every live file with its
+                             size and SHA-256
+    metadata.g<G>.csv        id,path,category,label,digest (label -1 = unlabelled; digest = the item's content hash)
     arrays/<name>.g<G>.npy   float32 (n, dim) values, memory-mapped on read
     arrays/<name>.ids.g<G>.npy   int64 metadata ids of those rows (an array may cover a subset, e.g. one category)
     indexes/<name>.g<G>.fidx     a saved `VectorIndex` over the array
 
-Every append writes the files it changes under a new generation number (each one atomically), then commits by
-atomically replacing `manifest.json`, then deletes the files of older generations. An append interrupted at any
-point therefore leaves the previous store fully readable; its half-written files are removed by the next append.
-One writer at a time.
+Every append writes the files it changes under a new generation number (each one atomically, flushed to disk),
+then commits by atomically replacing `manifest.json`, then deletes the files the previous generation no longer
+needs. The manifest names every file a reader needs (and the caller's `attributes`, e.g. class names), so a
+crash at any point leaves the previous or the new generation whole. The store only ever deletes files it named
+itself: the superseded generation's and the half-written files of the generation after the committed one.
+Opening checks counts and file sizes; `verify` also checks every checksum. One writer at a time.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from __future__ import annotations
 import copy
 import csv
 import datetime as dt
+import glob
 import hashlib
+import io
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -32,22 +38,28 @@ import numpy as np
 
 from fgia.config import to_dict
 from fgia.index.vector_index import IndexConfig, IndexMismatchError, VectorIndex, create_index
-from fgia.runtime import atomic_path, atomic_write_text
+from fgia.runtime import atomic_path, atomic_write_text, write_error
 
+MANIFEST = "manifest.json"
 _FORMAT = "fgia-feature-store"
-_FORMAT_VERSION = 1
-_MANIFEST = "manifest.json"
+_FORMAT_VERSION = 2
 _COPY_ROWS = 65536  # rows copied per step when extending an array: bounded memory whatever N is
-_GENERATION_FILE = re.compile(r"\.g\d+\.(npy|csv|fidx)$|\.tmp$")  # .tmp: left by a killed process
+_HASH_BLOCK = 1 << 20
+_METADATA_FIELDS = ["id", "path", "category", "label", "digest"]
+
+
+class CorruptIndexError(ValueError):
+    """A store file is missing, truncated or altered; the message names the file and how to repair."""
 
 
 @dataclass
 class StoreRow:
-    """One database item: its image path, meta-category and label (-1 = unlabelled)."""
+    """One database item: its path, meta-category, label (-1 = unlabelled) and content hash (may be empty)."""
 
     path: str
     category: str = ""
     label: int = -1
+    digest: str = ""
 
 
 def _fgia_version() -> str:
@@ -81,6 +93,15 @@ def _slug(name: str) -> str:
     return f"{readable}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class FeatureStore:
     """A feature store directory; get one with `FeatureStore.create` or `FeatureStore.open`."""
 
@@ -100,14 +121,16 @@ class FeatureStore:
         dims: Mapping[str, int],
         indexes: Mapping[str, str | IndexConfig] | None = None,
         device: str = "auto",
+        attributes: Mapping[str, Any] | None = None,
     ) -> FeatureStore:
         """Create an empty store with float arrays `dims` ({name: dim}) and indexes ({array name: factory}).
 
         `fingerprint` identifies what produced the features (model and PCA hashes, dims, ...); it is checked
-        on every later open and append. Refuses a directory that already holds a store.
+        on every later open and append. `attributes` is the caller's JSON data committed with the store (and
+        updated by `append`). Refuses a directory that already holds a store.
         """
         directory = Path(directory)
-        if (directory / _MANIFEST).exists():
+        if (directory / MANIFEST).exists():
             raise FileExistsError(f"{directory} already holds a feature store; open it to append")
         if not dims:
             raise ValueError("a feature store needs at least one named array")
@@ -130,24 +153,41 @@ class FeatureStore:
             "format": _FORMAT, "format_version": _FORMAT_VERSION, "fgia_version": _fgia_version(),
             "fingerprint": _json_normal(dict(fingerprint)), "created": now, "updated": now,
             "generation": 0, "count": 0, "metadata": None, "arrays": arrays,
+            "attributes": _json_normal(dict(attributes or {})), "files": {}, "superseded": [],
         }
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(directory / _MANIFEST, json.dumps(manifest, indent=2))
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(exc, directory) from None
+        atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2), durable=True)
         return cls(directory, manifest, device)
 
     @classmethod
     def open(
-        cls, directory: str | Path, expected_fingerprint: Mapping[str, Any] | None = None, device: str = "auto"
+        cls,
+        directory: str | Path,
+        expected_fingerprint: Mapping[str, Any] | None = None,
+        device: str = "auto",
+        verify: bool = False,
     ) -> FeatureStore:
-        """Open an existing store; with `expected_fingerprint`, refuse (IndexMismatchError) one built differently."""
+        """Open an existing store, checking that every file it names is there with its recorded size (and, with
+        `verify`, its checksum); with `expected_fingerprint`, refuse (IndexMismatchError) one built differently.
+        A damaged store raises CorruptIndexError naming the file."""
         directory = Path(directory)
-        path = directory / _MANIFEST
+        path = directory / MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"no feature store at {directory} (missing {_MANIFEST})")
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        if manifest.get("format") != _FORMAT or manifest.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"{path} is not a version-{_FORMAT_VERSION} {_FORMAT} manifest")
+            raise FileNotFoundError(f"no feature store at {directory} (missing {MANIFEST})")
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptIndexError(_damaged(directory, path, f"is not valid JSON ({exc})")) from None
+        if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
+            raise CorruptIndexError(_damaged(directory, path, f"is not a {_FORMAT} manifest"))
+        if manifest.get("format_version") != _FORMAT_VERSION:
+            raise ValueError(f"{path} is a version-{manifest.get('format_version')} {_FORMAT}; this fgia reads "
+                             f"version {_FORMAT_VERSION}: rebuild the index with `fgia index ... --force`")
         store = cls(directory, manifest, device)
+        store.check(checksums=verify)
         if expected_fingerprint is not None:
             store.check_fingerprint(expected_fingerprint)
         return store
@@ -156,6 +196,11 @@ class FeatureStore:
     @property
     def fingerprint(self) -> dict[str, Any]:
         return self.manifest["fingerprint"]
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """The caller's data committed with the current generation."""
+        return self.manifest["attributes"]
 
     @property
     def dims(self) -> dict[str, int]:
@@ -172,6 +217,30 @@ class FeatureStore:
                 f"feature store {self.directory} was built with a different model/configuration: " + "; ".join(diff)
             )
 
+    def check(self, checksums: bool = False) -> None:
+        """Raise CorruptIndexError unless every live file is present with its recorded size, each array's header
+        agrees with the counts (and, with `checksums`, every file's SHA-256 matches)."""
+        for name, recorded in sorted(self.manifest["files"].items()):
+            path = self.directory / name
+            if not path.is_file():
+                raise CorruptIndexError(self._damaged(path, "is missing"))
+            size = path.stat().st_size
+            if size != recorded["size"]:
+                raise CorruptIndexError(self._damaged(path, f"is {size} bytes, the manifest says {recorded['size']} "
+                                                       "(truncated or replaced)"))
+        for name, entry in self.manifest["arrays"].items():
+            for key, rows in (("values", entry["count"]), ("ids", entry["count"])):
+                if entry[key] is not None:
+                    shape = self._load(entry[key], mmap_mode="r").shape
+                    if shape[0] != rows or (key == "values" and shape[1:] != (entry["dim"],)):
+                        raise CorruptIndexError(self._damaged(self.directory / entry[key], f"holds shape {shape}, the "
+                                                         f"manifest says {rows} rows of array {name!r}"))
+        if checksums:
+            for name, recorded in sorted(self.manifest["files"].items()):
+                if file_digest(self.directory / name) != recorded["sha256"]:
+                    raise CorruptIndexError(self._damaged(self.directory / name, "does not match its checksum (its "
+                                                     "bytes changed after it was written)"))
+
     def rows(self) -> list[StoreRow]:
         """The metadata table; a row's position is its id."""
         if self._rows is None:
@@ -187,12 +256,12 @@ class FeatureStore:
         entry = self._entry(name)
         if entry["values"] is None:
             return np.empty((0, entry["dim"]), dtype=np.float32)
-        return np.load(self.directory / entry["values"], mmap_mode="r")
+        return self._load(entry["values"], mmap_mode="r")
 
     def ids(self, name: str) -> np.ndarray:
         """Metadata ids of the rows of array `name` (int64)."""
         entry = self._entry(name)
-        return np.empty(0, np.int64) if entry["ids"] is None else np.load(self.directory / entry["ids"])
+        return np.empty(0, np.int64) if entry["ids"] is None else self._load(entry["ids"])
 
     def index(self, name: str) -> VectorIndex:
         """The vector index over array `name` (loaded once); its ids are positions in `array(name)`."""
@@ -203,11 +272,23 @@ class FeatureStore:
             self._indexes[name] = self._load_index(entry)
         return self._indexes[name]
 
+    def _load(self, name: str, mmap_mode: str | None = None) -> np.ndarray:
+        try:
+            return np.load(self.directory / name, mmap_mode=mmap_mode, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise CorruptIndexError(self._damaged(self.directory / name, f"cannot be read as an array ({exc})")) from None
+
     def _load_index(self, entry: dict[str, Any]) -> VectorIndex:
         """A new in-memory copy of the committed index described by a manifest entry."""
         if entry["index_file"] is None:
             return create_index(entry["dim"], **{**entry["index"], "device": self.device})
-        return VectorIndex.load(self.directory / entry["index_file"], device=self.device, expected_dim=entry["dim"])
+        path = self.directory / entry["index_file"]
+        try:
+            return VectorIndex.load(path, device=self.device, expected_dim=entry["dim"])
+        except IndexMismatchError:
+            raise
+        except (ValueError, OSError, RuntimeError, KeyError) as exc:
+            raise CorruptIndexError(self._damaged(path, f"cannot be read as an index ({exc})")) from None
 
     def search(self, name: str, queries: np.ndarray, k: int, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """Search the index over `name`: (distances (nq, k), metadata ids (nq, k), -1 padded)."""
@@ -222,46 +303,63 @@ class FeatureStore:
         arrays: Mapping[str, np.ndarray],
         subsets: Mapping[str, np.ndarray] | None = None,
         fingerprint: Mapping[str, Any] | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> None:
         """Add `rows` and their features; `arrays` must hold every array of the store.
 
         `arrays[name]` has one row per entry of `rows`, or, when `subsets[name]` (positions into `rows`) is
         given, one row per subset entry. With `fingerprint`, refuses (IndexMismatchError) a store built
-        differently. Atomic: on any failure the store stays as it was.
+        differently. `attributes` replace those keys of the committed attributes in the same commit. Atomic: on
+        any failure (a full disk included) the store stays as it was and its half-written files are removed.
         """
         if fingerprint is not None:
             self.check_fingerprint(fingerprint)
         subsets = dict(subsets or {})
         staged = self._validate(rows, arrays, subsets)
-        self._remove_unreferenced()
+        self._remove_leftovers()
         generation = self.manifest["generation"] + 1
         manifest = copy.deepcopy(self.manifest)
         base = len(self)
         new_indexes: dict[str, VectorIndex] = {}
-        for name, (values, positions) in staged.items():
-            if not len(values):
-                continue
-            entry = manifest["arrays"][name]
-            stem = f"arrays/{_slug(name)}"
-            entry["values"] = self._extend(entry["values"], values, f"{stem}.g{generation}.npy")
-            entry["ids"] = self._extend(entry["ids"], positions + base, f"{stem}.ids.g{generation}.npy")
-            entry["count"] += len(values)
-            if entry["index"] is not None:
-                # A fresh copy, not the cached one: that must stay as committed if this append fails.
-                index = self._load_index(entry)
-                index.train(values)
-                index.add(values)
-                entry["index_file"] = f"indexes/{_slug(name)}.g{generation}.fidx"
-                index.save(self.directory / entry["index_file"])
-                new_indexes[name] = index
-        manifest["metadata"] = f"metadata.g{generation}.csv"
-        self._write_rows(manifest["metadata"], [*self.rows(), *rows])
-        manifest.update(generation=generation, count=base + len(rows), updated=_now())
-        atomic_write_text(self.directory / _MANIFEST, json.dumps(manifest, indent=2))  # the commit point
+        files: dict[str, dict[str, Any]] = {}
+        try:
+            for name, (values, positions) in staged.items():
+                if not len(values):
+                    continue
+                entry = manifest["arrays"][name]
+                stem = f"arrays/{_slug(name)}"
+                entry["values"] = self._extend(entry["values"], values, f"{stem}.g{generation}.npy", files)
+                entry["ids"] = self._extend(entry["ids"], positions + base, f"{stem}.ids.g{generation}.npy", files)
+                entry["count"] += len(values)
+                if entry["index"] is not None:
+                    # A fresh copy, not the cached one: that must stay as committed if this append fails.
+                    index = self._load_index(entry)
+                    index.train(values)
+                    index.add(values)
+                    entry["index_file"] = f"indexes/{_slug(name)}.g{generation}.fidx"
+                    path = self.directory / entry["index_file"]
+                    index.save(path)
+                    files[entry["index_file"]] = {"size": path.stat().st_size, "sha256": file_digest(path)}
+                    new_indexes[name] = index
+            manifest["metadata"] = f"metadata.g{generation}.csv"
+            files[manifest["metadata"]] = self._write_rows(manifest["metadata"], [*self.rows(), *rows])
+            live = {**self._unchanged_files(manifest), **files}
+            manifest.update(generation=generation, count=base + len(rows), updated=_now(), files=live,
+                            superseded=sorted(set(self.manifest["files"]) - set(live)))
+            manifest["attributes"].update(_json_normal(dict(attributes or {})))
+            atomic_write_text(self.directory / MANIFEST, json.dumps(manifest, indent=2), durable=True)  # the commit
+        except BaseException:
+            self._remove_generation(generation)
+            raise
         self.manifest = manifest
         self._rows = None
         self._indexes.update(new_indexes)
-        self._remove_unreferenced()
+        self._remove_leftovers()
+
+    def _unchanged_files(self, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Entries of the current `files` still named by the new `manifest` (arrays this append did not touch)."""
+        named = {n for a in manifest["arrays"].values() for n in (a["values"], a["ids"], a["index_file"]) if n}
+        return {n: v for n, v in self.manifest["files"].items() if n in named}
 
     def _entry(self, name: str) -> dict[str, Any]:
         try:
@@ -297,47 +395,90 @@ class FeatureStore:
             staged[name] = (np.ascontiguousarray(values, dtype=np.float32), positions)
         return staged
 
-    def _extend(self, old_file: str | None, new: np.ndarray, new_file: str) -> str:
-        """Write old rows + `new` to `new_file`, copying the old rows in bounded chunks."""
-        old = None if old_file is None else np.load(self.directory / old_file, mmap_mode="r")
+    def _extend(self, old_file: str | None, new: np.ndarray, new_file: str, files: dict[str, dict[str, Any]]) -> str:
+        """Write old rows + `new` to `new_file` with plain writes (a full disk is an error, never SIGBUS as with
+        a memory-mapped sparse file), copying the old rows in bounded chunks; records its size and checksum."""
+        old = None if old_file is None else self._load(old_file, mmap_mode="r")
         n_old = 0 if old is None else len(old)
-        target = self.directory / new_file
-        with atomic_path(target) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=new.dtype, shape=(n_old + len(new), *new.shape[1:]))
-            for start in range(0, n_old, _COPY_ROWS):
-                stop = min(start + _COPY_ROWS, n_old)
-                out[start:stop] = old[start:stop]
-            out[n_old:] = new
-            out.flush()
-            del out
+        header = {"descr": np.lib.format.dtype_to_descr(new.dtype), "fortran_order": False,
+                  "shape": (n_old + len(new), *new.shape[1:])}
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, header)
+        digest = hashlib.sha256()
+        with atomic_path(self.directory / new_file, durable=True) as tmp, open(tmp, "wb") as f:
+            chunks = (old[start : start + _COPY_ROWS] for start in range(0, n_old, _COPY_ROWS))
+            for data in (head.getvalue(), *(np.ascontiguousarray(c).tobytes() for c in chunks), new.tobytes()):
+                f.write(data)
+                digest.update(data)
+            size = f.tell()
+        files[new_file] = {"size": size, "sha256": digest.hexdigest()}
         return new_file
 
     def _read_rows(self, name: str | None) -> list[StoreRow]:
         if name is None:
             return []
-        with open(self.directory / name, newline="", encoding="utf-8") as f:
-            records = list(csv.DictReader(f))
+        path = self.directory / name
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                records = list(csv.DictReader(f))
+            rows = [StoreRow(path=r["path"], category=r["category"], label=int(r["label"]), digest=r["digest"])
+                    for r in records]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as exc:
+            raise CorruptIndexError(self._damaged(path, f"cannot be read as the metadata table ({exc})")) from None
+        if len(rows) != len(self):
+            raise CorruptIndexError(self._damaged(path, f"has {len(rows)} rows, the manifest says {len(self)}"))
         for i, rec in enumerate(records):
-            if int(rec["id"]) != i:
-                raise ValueError(f"{self.directory / name}: row {i} has id {rec['id']} (table corrupted)")
-        return [StoreRow(path=r["path"], category=r["category"], label=int(r["label"])) for r in records]
+            if rec["id"] != str(i):
+                raise CorruptIndexError(self._damaged(path, f"row {i} has id {rec['id']}"))
+        return rows
 
-    def _write_rows(self, name: str, rows: Sequence[StoreRow]) -> None:
-        with atomic_path(self.directory / name) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=["id", "path", "category", "label"])
-            writer.writeheader()
-            writer.writerows({"id": i, **asdict(r)} for i, r in enumerate(rows))
+    def _write_rows(self, name: str, rows: Sequence[StoreRow]) -> dict[str, Any]:
+        path = self.directory / name
+        with atomic_path(path, durable=True) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=_METADATA_FIELDS)
+                writer.writeheader()
+                writer.writerows({"id": i, **asdict(r)} for i, r in enumerate(rows))
+            recorded = {"size": tmp.stat().st_size, "sha256": file_digest(tmp)}
+        return recorded
 
-    def _remove_unreferenced(self) -> None:
-        """Delete generation files the manifest does not name (older generations, interrupted appends)."""
-        live = {self.manifest["metadata"]}
-        for entry in self.manifest["arrays"].values():
-            live |= {entry["values"], entry["ids"], entry["index_file"]}
-        for path in self.directory.rglob("*"):
-            rel = path.relative_to(self.directory).as_posix()
-            if path.is_file() and _GENERATION_FILE.search(rel) and rel not in live:
-                path.unlink()
+    def _generation_files(self, generation: int) -> set[str]:
+        """Every file an append of `generation` may write."""
+        names = {f"metadata.g{generation}.csv"}
+        for name in self.manifest["arrays"]:
+            stem = _slug(name)
+            names |= {f"arrays/{stem}.g{generation}.npy", f"arrays/{stem}.ids.g{generation}.npy",
+                      f"indexes/{stem}.g{generation}.fidx"}
+        return names
+
+    def _remove_generation(self, generation: int) -> None:
+        """Delete what an uncommitted append of `generation` wrote, its temporary files included."""
+        self._delete(self._generation_files(generation) - set(self.manifest["files"]))
+
+    def _remove_leftovers(self) -> None:
+        """Delete the superseded generation's files and whatever a killed append of the next one left."""
+        self._delete(set(self.manifest["superseded"]) - set(self.manifest["files"]))
+        self._remove_generation(self.manifest["generation"] + 1)
+        self._delete({MANIFEST}, keep_target=True)
+
+    def _delete(self, names: set[str], keep_target: bool = False) -> None:
+        """Delete the named files (unless `keep_target`) and the temporary files `atomic_path` made for them."""
+        for name in names:
+            path = self.directory / name
+            if not keep_target:
+                path.unlink(missing_ok=True)
+            if path.parent.is_dir():
+                for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+                    tmp.unlink(missing_ok=True)
+
+    def _damaged(self, path: Path, problem: str) -> str:
+        return _damaged(self.directory, path, problem)
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.directory)!r}, n={len(self)}, arrays={self.dims})"
 
+
+def _damaged(store: Path, path: Path, problem: str) -> str:
+    """The message of a CorruptIndexError: which file, what is wrong with it, and how to repair."""
+    return (f"{path} {problem}; the index is damaged: run `fgia index verify {store}` for a full check, then rebuild "
+            f"it with `fgia index SYSTEM DATA --out {store} --force` or restore it from a backup")

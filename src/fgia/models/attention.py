@@ -12,9 +12,9 @@ import torch.nn as nn
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from fgia.models.regions import region_boxes
 from fgia.models.backbones import create_trunk
 from fgia.models.output import ModelOutput
+from fgia.models.regions import region_boxes
 from fgia.models.registry import register_model
 
 

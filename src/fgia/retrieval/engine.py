@@ -1,7 +1,8 @@
 """Index a database with a trained system and answer image queries: `build_index` and `RetrievalEngine`.
 
-An index directory is a `fgia.index.FeatureStore` (plus `engine.json`: the system directory and the database
-class names). For every database image it holds, computed offline in one pass of the system's models:
+An index directory is a `fgia.index.FeatureStore` whose attributes, committed with every generation, hold the
+system's location and the database class names. For every database image it holds, computed offline in one
+pass of the system's models:
 
     coarse        coarse_dim PCA of the unified model's Conv-Net feature (with the vector index the coarse
                   stage searches)
@@ -17,17 +18,17 @@ the CLI, the server and the benchmarks share one code path. Query expansion (the
 and search again") averages the query with its top hits' features and runs the whole search again with the
 expanded query: for coarse-to-fine, the coarse stage too, so the expanded query can reach images the first
 candidate list missed. The store's fingerprint holds the system fingerprint, so an index built by another
-system is refused.
+system is refused. Image and system paths are stored relative to the index (with the absolute locations as a
+fallback), so an index moved together with its images, or alone, still works.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -35,17 +36,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fgia.data.images import load_image
+from fgia.data.images import ImageLoadError, load_image
 from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.features.extract import FeatureSet
 from fgia.features.pca import l2_normalize
-from fgia.index import FeatureStore, IndexMismatchError, StoreRow
+from fgia.index import CorruptIndexError, FeatureStore, IndexMismatchError, StoreRow, file_digest
+from fgia.index.store import MANIFEST
 from fgia.retrieval.search import Ranking, average_query_expansion, knn, rerank
-from fgia.retrieval.system import System, load_system
-from fgia.runtime import atomic_write_text
+from fgia.retrieval.system import SYSTEM_FILE, System, load_system
+from fgia.runtime import OUTPUT_MARKER, clear_folder, output_folder, output_kind
 from fgia.train import UNIFIED
 
-ENGINE_FILE = "engine.json"
+INDEX_KIND = "index"
 STAGES = ("features", "coarse_search", "classifier", "fine_search", "total")
 
 
@@ -147,12 +149,14 @@ def stage_features(system: System, feats: dict[str, FeatureSet]) -> ImageFeature
 
 @dataclass
 class BuildResult:
-    """What `build_index` did: images added now, images skipped as unreadable, the store size after."""
+    """What `build_index` did: images added now, images skipped as unreadable, images skipped as already in the
+    index (same path or same content), the store size after."""
 
     index_dir: Path
     added: int
     skipped: int
     total: int
+    duplicates: int = 0
 
 
 def build_index(
@@ -163,40 +167,142 @@ def build_index(
     factory: str = "Flat",
     device: str = "auto",
     chunk_size: int = 4096,
+    force: bool = False,
     progress: bool = False,
 ) -> BuildResult:
     """Extract and store every stage's features of `database` (see the module docstring).
 
-    `append=True` adds to an existing index built by the same system (refused otherwise); without it an
-    existing index is an error. Unreadable images are skipped and counted. Writes are committed per chunk of
-    `chunk_size` images, so an interruption keeps every committed chunk.
+    A new index is built beside `index_dir` and moved into place when complete: a build that fails leaves
+    nothing, one that is killed is resumed by the next build of the same `index_dir`. A folder that is not
+    empty is refused (an index too: use `append`) unless `force`, which replaces it when the new one is
+    complete. `append=True` adds to an existing index built by the same system; images already in it (same
+    path or same content) are skipped and counted. Unreadable images are skipped and counted. Each chunk of
+    `chunk_size` images is committed (with the class names it uses) as one generation of the store.
     """
     if not len(database):
         raise ValueError(f"database {database.name!r} has no images to index")
     system = load_system(system_dir, device)
     out = Path(index_dir)
-    fingerprint = _fingerprint(system)
     if append:
-        store = FeatureStore.open(out, expected_fingerprint=fingerprint)
-        meta = json.loads((out / ENGINE_FILE).read_text(encoding="utf-8"))
-    else:
-        dims = {"coarse": system.coarse_pca.n_components, "unified": system.models[UNIFIED].embedding_dim,
-                "route": 1, "box": 4}
-        dims |= {fine_name(n): system.fine_dim for n in system.fine_models}
-        store = FeatureStore.create(out, fingerprint, dims, indexes={"coarse": factory}, device=device)
-        meta = {"system_dir": str(Path(system_dir).resolve()), "classes": []}
-    classes: list[str] = meta["classes"]
-    added = skipped = 0
+        if output_kind(out) != INDEX_KIND or not (out / MANIFEST).is_file():
+            raise FileNotFoundError(f"{out} holds no index to append to; build one first (without --append)")
+        store = FeatureStore.open(out, device=device)
+        _check_system(store, system, out)
+        return _add(system, store, database, chunk_size, progress)
+    with output_folder(out, INDEX_KIND, force=force, replace_own=False, manifests=[MANIFEST], resume=True) as stage:
+        store = _resumable(stage, system, factory, device)
+        if store is None:
+            dims = {"coarse": system.coarse_pca.n_components, "unified": system.models[UNIFIED].embedding_dim,
+                    "route": 1, "box": 4}
+            dims |= {fine_name(n): system.fine_dim for n in system.fine_models}
+            store = FeatureStore.create(stage, _fingerprint(system), dims, indexes={"coarse": factory}, device=device,
+                                        attributes={"classes": [], "system": _system_location(system, stage),
+                                                    "system_files": system.files})
+        result = _add(system, store, database, chunk_size, progress)
+        if not len(store):
+            raise ValueError(_none_readable(database))
+    return replace(result, index_dir=out)
+
+
+def _resumable(stage: Path, system: System, factory: str, device: str) -> FeatureStore | None:
+    """The store a killed build of the same index left in `stage`, when it can go on; else None (and `stage` is
+    emptied: everything in it is what that build wrote)."""
+    if (stage / MANIFEST).is_file():
+        try:
+            store = FeatureStore.open(stage, expected_fingerprint=_fingerprint(system), device=device)
+            if store.manifest["arrays"]["coarse"]["index"]["factory"] == factory:
+                return store
+        except (CorruptIndexError, IndexMismatchError, ValueError, KeyError):
+            pass
+    clear_folder(stage, keep={OUTPUT_MARKER})
+    return None
+
+
+def _add(system: System, store: FeatureStore, database: FineGrainedDataset, chunk_size: int,
+         progress: bool) -> BuildResult:
+    """Append the images of `database` not in `store` yet (by path and by content), one commit per chunk."""
+    known_paths = {row.path for row in store.rows()}
+    known_digests = {row.digest for row in store.rows()} - {""}
+    classes = list(store.attributes["classes"])
+    base = store.directory.resolve()
+    locations = [*store.attributes.get("locations", []), str(base)]
+    added = skipped = duplicates = 0
     for start in range(0, len(database), chunk_size):
-        samples = database.samples[start : start + chunk_size]
+        samples, digests = [], []
+        for sample in database.samples[start : start + chunk_size]:
+            path = _relative(sample.path, base)
+            digest = _digest(sample.path)
+            if path in known_paths or digest in known_digests:
+                duplicates += 1
+                continue
+            known_paths.add(path)
+            if digest:
+                known_digests.add(digest)
+            samples.append(sample)
+            digests.append(digest)
+        if not samples:
+            continue
         rows, arrays, n_skipped = _database_features(system, samples, database.classes, classes, progress)
         skipped += n_skipped
         if rows:
-            store.append(rows, arrays, fingerprint=fingerprint)
+            digest_of = {_relative(s.path, base): d for s, d in zip(samples, digests)}
+            rows = [replace(row, path=rel, digest=digest_of[rel]) for row in rows for rel in [_relative(row.path, base)]]
+            store.append(rows, arrays, fingerprint=_fingerprint(system),
+                         attributes={"classes": classes, "locations": list(dict.fromkeys(locations))})
             added += len(rows)
-        meta["classes"] = classes
-        atomic_write_text(out / ENGINE_FILE, json.dumps(meta, indent=2))
-    return BuildResult(index_dir=out, added=added, skipped=skipped, total=len(store))
+    return BuildResult(index_dir=store.directory, added=added, skipped=skipped, total=len(store),
+                       duplicates=duplicates)
+
+
+def _relative(path: str | os.PathLike, base: Path) -> str:
+    """`path` relative to the index folder `base` (resolved), in posix form."""
+    return Path(os.path.relpath(Path(path).resolve(), base)).as_posix()
+
+
+def _digest(path: str | os.PathLike) -> str:
+    """Content hash of an image file ("" when it cannot be read: extraction will skip and count it)."""
+    try:
+        return file_digest(path)
+    except OSError:
+        return ""
+
+
+def _none_readable(database: FineGrainedDataset) -> str:
+    first = database.samples[0].path
+    try:
+        load_image(first)
+        reason = "no image could be decoded"
+    except ImageLoadError as exc:
+        reason = f"e.g. {exc.path}: {exc.reason}"
+    return f"none of the {len(database)} images of {database.name!r} could be read ({reason}); nothing was written"
+
+
+def _system_location(system: System, index_dir: Path) -> dict[str, str]:
+    absolute = system.path.resolve()
+    return {"relative": Path(os.path.relpath(absolute, index_dir.resolve())).as_posix(), "absolute": str(absolute)}
+
+
+def _find_system(store: FeatureStore, index_dir: Path) -> Path:
+    """The system folder the index names: relative to the index first (moved together), else where it was."""
+    location = store.attributes["system"]
+    for candidate in (index_dir / location["relative"], Path(location["absolute"])):
+        if (candidate / SYSTEM_FILE).is_file():
+            return candidate
+    raise FileNotFoundError(f"the system that built index {index_dir} is neither at {index_dir / location['relative']} "
+                            f"nor at {location['absolute']}; pass its folder explicitly (system_dir / --system)")
+
+
+def _check_system(store: FeatureStore, system: System, index_dir: Path) -> None:
+    """Refuse an index built by another system, naming the system files that changed since."""
+    try:
+        store.check_fingerprint(_fingerprint(system))
+    except IndexMismatchError as exc:
+        built = store.attributes.get("system_files", {})
+        changed = sorted(n for n in set(built) | set(system.files) if built.get(n) != system.files.get(n))
+        detail = f"files changed since the index was built: {', '.join(changed)}" if changed else str(exc)
+        raise IndexMismatchError(f"index {index_dir} was built by another version of the system at {system.path} "
+                                 f"({detail}); rebuild the index with --force, or use the system it was built "
+                                 "with") from None
 
 
 def _database_features(
@@ -246,22 +352,48 @@ class RetrievalEngine:
         self.routes = self.arrays["route"][:, 0].astype(np.int64)
         self.coarse_index = store.index("coarse")  # its positions are image ids: the array covers every image
         self.top_k = system.config.resolve_top_k(len(store))
+        # Paths are relative to the index; where it was built is the fallback for an index moved on its own.
+        self._bases = [store.directory.resolve(), *map(Path, reversed(store.attributes.get("locations", [])))]
 
     @classmethod
     def load(
-        cls, index_dir: str | os.PathLike, device: str = "auto", system_dir: str | os.PathLike | None = None
+        cls,
+        index_dir: str | os.PathLike,
+        device: str = "auto",
+        system_dir: str | os.PathLike | None = None,
+        verify: bool = False,
     ) -> RetrievalEngine:
-        """Open an index and the system that built it (or `system_dir`); refuses a mismatched pair."""
+        """Open an index and the system that built it (or `system_dir`); refuses a mismatched pair.
+
+        File sizes and counts are always checked, checksums too with `verify`; a damaged index raises
+        CorruptIndexError naming the file."""
         path = Path(index_dir)
-        meta_path = path / ENGINE_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{path} is not a retrieval index (no {ENGINE_FILE}); run build_index first")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        system = load_system(system_dir or meta["system_dir"], device)
-        store = FeatureStore.open(path, expected_fingerprint=_fingerprint(system), device=device)
+        if not (path / MANIFEST).is_file():
+            raise FileNotFoundError(f"{path} is not a retrieval index (no {MANIFEST}); build one with `fgia index`")
+        store = FeatureStore.open(path, device=device, verify=verify)
+        system = load_system(system_dir or _find_system(store, path), device)
+        _check_system(store, system, path)
         if len(store) == 0:
             raise IndexMismatchError(f"index {path} is empty")
-        return cls(system, store, meta["classes"])
+        engine = cls(system, store, store.attributes["classes"])
+        engine._check_consistency()
+        return engine
+
+    def _check_consistency(self) -> None:
+        """Every stored label has a class name, every route a meta-category, every array a row per image."""
+        where = self.store.directory / self.store.manifest["metadata"]
+        for name, values in self.arrays.items():
+            if len(values) != len(self.rows):
+                raise CorruptIndexError(f"{self.store.directory}: array {name!r} has {len(values)} rows for "
+                                        f"{len(self.rows)} images; rebuild the index with --force")
+        labels = self.labels()
+        if len(labels) and labels.max() >= len(self.classes):
+            raise CorruptIndexError(f"{where}: labels up to {labels.max()} but only {len(self.classes)} class names "
+                                    "are committed; rebuild the index with --force")
+        routes = self.arrays["route"][:, 0]
+        if len(routes) and not np.isin(routes, np.arange(len(self.system.categories))).all():
+            raise CorruptIndexError(f"{self.store.directory}: stored routes outside the system's "
+                                    f"{len(self.system.categories)} meta-categories; rebuild the index with --force")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -279,15 +411,17 @@ class RetrievalEngine:
             "factory": self.coarse_index.factory,
             "top_k": self.top_k,
             "query_expansion": cfg.qe_top,
-            "system": str(self.system.path),
+            "system": self.system.path.name,
             "fingerprint": self.system.fingerprint,
         }
 
     def image_path(self, image_id: int) -> Path:
-        """Path of database image `image_id`."""
+        """Path of database image `image_id` (relative to the index, or where the index was built when the
+        index was moved without its images)."""
         if not 0 <= image_id < len(self.rows):
             raise IndexError(f"image id {image_id} is outside the index (0..{len(self.rows) - 1})")
-        return Path(self.rows[image_id].path)
+        candidates = [Path(os.path.normpath(base / self.rows[image_id].path)) for base in self._bases]
+        return next((p for p in candidates if p.exists()), candidates[0])
 
     def labels(self) -> np.ndarray:
         """Database labels (int, -1 unlabelled), indexing `classes`."""
@@ -408,7 +542,7 @@ class RetrievalEngine:
         return SearchResult(
             ids=[int(j) for j in ids],
             distances=[float(d) for d in dist],
-            paths=[r.path for r in rows],
+            paths=[str(self.image_path(int(j))) for j in ids],
             labels=[self.classes[r.label] if r.label >= 0 else None for r in rows] if has_labels else None,
             category=self.system.categories[int(qf.route[i])],
             region_box=None if qf.boxes is None else tuple(float(v) for v in qf.boxes[i]),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -13,6 +15,37 @@ from fgia.serve.protocol import SearchEngine, SearchResultLike
 
 class QueueFull(RuntimeError):
     """More queries are waiting than the service accepts."""
+
+
+class DecodeSlots:
+    """At most `limit` uploads are decoded or searched at once, so the memory decoded images take is bounded
+    whatever the number of clients; up to `max_waiting` more wait for a slot (holding only their upload
+    bytes), the rest get QueueFull."""
+
+    def __init__(self, limit: int, max_waiting: int) -> None:
+        self.limit = limit
+        self.max_waiting = max_waiting
+        self.waiting = 0
+        self._semaphore: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the block (wait for it, or raise QueueFull when too many wait already)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a semaphore belongs to one event loop (test clients start their own)
+            self._semaphore, self._loop = asyncio.Semaphore(self.limit), loop
+        if self.waiting >= self.max_waiting:
+            raise QueueFull(f"more than {self.max_waiting} queries waiting; try again shortly")
+        self.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._semaphore.release()
 
 
 @dataclass(frozen=True)
