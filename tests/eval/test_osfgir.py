@@ -88,7 +88,7 @@ def test_coarse_row_matches_a_hand_computed_map(run):
     engine = RetrievalEngine.load(cfg.out_dir / "index", device="cpu")
     queries = OsfgirSplit.load(cfg.out_dir / "split").queries
     qf = engine.query_features(queries.samples)
-    db, db_labels = engine.arrays["unified"], engine.labels()
+    db, db_labels = engine.store.array("unified"), engine.labels()
     aps = []
     for q, label in zip(qf.unified, np.array(queries.labels)[qf.index]):
         relevant = db_labels[np.argsort(((db - q) ** 2).sum(1), kind="stable")] == label

@@ -4,17 +4,21 @@ Layout of a store directory::
 
     manifest.json            the commit: fingerprint, dims, counts, attributes, and every live file with its
                              size and SHA-256
-    metadata.g<G>.csv        id,path,category,label,digest (label -1 = unlabelled; digest = the item's content hash)
-    arrays/<name>.g<G>.npy   float32 (n, dim) values, memory-mapped on read
-    arrays/<name>.ids.g<G>.npy   int64 metadata ids of those rows (an array may cover a subset, e.g. one category)
-    indexes/<name>.g<G>.fidx     a saved `VectorIndex` over the array
+    metadata.g<G>.csv        id,path,category,label,route,digest of the rows appended by generation G (label -1 =
+                             unlabelled; route = the meta-category index the coarse classifier gave, -1 = none;
+                             digest = the item's content hash)
+    arrays/<name>.g<G>.npy   float32 (n, dim) values of the rows appended by generation G
+    indexes/<name>.g<G>.fidx a saved `VectorIndex` over the first `index_count` rows of the array
 
-Every append writes the files it changes under a new generation number (each one atomically, flushed to disk),
-then commits by atomically replacing `manifest.json`, then deletes the files the previous generation no longer
-needs. The manifest names every file a reader needs (and the caller's `attributes`, e.g. class names), so a
-crash at any point leaves the previous or the new generation whole. The store only ever deletes files it named
-itself: the superseded generation's and the half-written files of the generation after the committed one.
-Opening checks counts and file sizes; `verify` also checks every checksum. One writer at a time.
+Appends are append-only: each writes only its own rows (a segment per array and a metadata segment), so building
+an index of N images writes each value once, whatever the number of appends. Every append writes its files under
+a new generation number (each one atomically, flushed to disk), then commits by atomically replacing
+`manifest.json`, which names every live file (and the caller's `attributes`, e.g. class names): a crash at any
+point leaves the previous or the new generation whole. A vector index is saved when an append asks for it
+(`save_index`, e.g. at the end of a build); until then the rows appended after it are added to the loaded index
+in memory. The store only ever deletes files it named itself: a replaced index file and the half-written files of
+the generation after the committed one. Opening checks counts and file sizes; `verify` also checks every
+checksum. One writer at a time.
 """
 
 from __future__ import annotations
@@ -42,10 +46,10 @@ from fgia.runtime import atomic_path, atomic_write_text, write_error
 
 MANIFEST = "manifest.json"
 _FORMAT = "fgia-feature-store"
-_FORMAT_VERSION = 2
-_COPY_ROWS = 65536  # rows copied per step when extending an array: bounded memory whatever N is
+_FORMAT_VERSION = 3
 _HASH_BLOCK = 1 << 20
-_METADATA_FIELDS = ["id", "path", "category", "label", "digest"]
+_WRITE_BLOCK = 1 << 24
+_METADATA_FIELDS = ["id", "path", "category", "label", "route", "digest"]
 
 
 class CorruptIndexError(ValueError):
@@ -54,11 +58,13 @@ class CorruptIndexError(ValueError):
 
 @dataclass
 class StoreRow:
-    """One database item: its path, meta-category, label (-1 = unlabelled) and content hash (may be empty)."""
+    """One database item: its path, meta-category, label (-1 = unlabelled), route (the meta-category index the
+    coarse classifier predicted, -1 = none) and content hash (may be empty)."""
 
     path: str
     category: str = ""
     label: int = -1
+    route: int = -1
     digest: str = ""
 
 
@@ -110,6 +116,7 @@ class FeatureStore:
         self.manifest = manifest
         self.device = device
         self._rows: list[StoreRow] | None = None
+        self._arrays: dict[str, np.ndarray] = {}
         self._indexes: dict[str, VectorIndex] = {}
 
     # Construction ------------------------------------------------------------------------------------------
@@ -146,13 +153,13 @@ class FeatureStore:
             cfg = IndexConfig(factory=cfg) if isinstance(cfg, str) else cfg
             if cfg is not None:
                 create_index(int(dim), **{**to_dict(cfg), "device": "cpu"})  # fail now on a bad factory string
-            arrays[name] = {"dim": int(dim), "count": 0, "values": None, "ids": None,
-                            "index": None if cfg is None else to_dict(cfg), "index_file": None}
+            arrays[name] = {"dim": int(dim), "segments": [], "index": None if cfg is None else to_dict(cfg),
+                            "index_file": None, "index_count": 0}
         now = _now()
         manifest = {
             "format": _FORMAT, "format_version": _FORMAT_VERSION, "fgia_version": _fgia_version(),
             "fingerprint": _json_normal(dict(fingerprint)), "created": now, "updated": now,
-            "generation": 0, "count": 0, "metadata": None, "arrays": arrays,
+            "generation": 0, "count": 0, "metadata": [], "arrays": arrays,
             "attributes": _json_normal(dict(attributes or {})), "files": {}, "superseded": [],
         }
         try:
@@ -218,8 +225,8 @@ class FeatureStore:
             )
 
     def check(self, checksums: bool = False) -> None:
-        """Raise CorruptIndexError unless every live file is present with its recorded size, each array's header
-        agrees with the counts (and, with `checksums`, every file's SHA-256 matches)."""
+        """Raise CorruptIndexError unless every live file is present with its recorded size, the array segments
+        add up to the counts (and, with `checksums`, every file's SHA-256 matches)."""
         for name, recorded in sorted(self.manifest["files"].items()):
             path = self.directory / name
             if not path.is_file():
@@ -229,47 +236,68 @@ class FeatureStore:
                 raise CorruptIndexError(self._damaged(path, f"is {size} bytes, the manifest says {recorded['size']} "
                                                        "(truncated or replaced)"))
         for name, entry in self.manifest["arrays"].items():
-            for key, rows in (("values", entry["count"]), ("ids", entry["count"])):
-                if entry[key] is not None:
-                    shape = self._load(entry[key], mmap_mode="r").shape
-                    if shape[0] != rows or (key == "values" and shape[1:] != (entry["dim"],)):
-                        raise CorruptIndexError(self._damaged(self.directory / entry[key], f"holds shape {shape}, the "
-                                                         f"manifest says {rows} rows of array {name!r}"))
+            rows = 0
+            for segment in entry["segments"]:
+                shape = self._load(segment, mmap_mode="r").shape
+                if shape[1:] != (entry["dim"],):
+                    raise CorruptIndexError(self._damaged(self.directory / segment, f"holds shape {shape}, not "
+                                                          f"{entry['dim']}-d rows of array {name!r}"))
+                rows += shape[0]
+            if rows != len(self):
+                raise CorruptIndexError(self._damaged(self.directory / (entry["segments"] or [MANIFEST])[-1],
+                                                      f"leaves array {name!r} with {rows} rows for {len(self)} items"))
         if checksums:
             for name, recorded in sorted(self.manifest["files"].items()):
                 if file_digest(self.directory / name) != recorded["sha256"]:
                     raise CorruptIndexError(self._damaged(self.directory / name, "does not match its checksum (its "
-                                                     "bytes changed after it was written)"))
+                                                          "bytes changed after it was written)"))
 
     def rows(self) -> list[StoreRow]:
         """The metadata table; a row's position is its id."""
         if self._rows is None:
-            self._rows = self._read_rows(self.manifest["metadata"])
+            rows: list[StoreRow] = []
+            for segment in self.manifest["metadata"]:
+                rows += self._read_rows(segment, first_id=len(rows))
+            if len(rows) != len(self):
+                raise CorruptIndexError(self._damaged(self.directory / MANIFEST, f"counts {len(self)} items, its "
+                                                      f"metadata files hold {len(rows)}"))
+            self._rows = rows
         return self._rows
 
     def labels(self) -> np.ndarray:
         """Labels of all rows (int64, -1 = unlabelled)."""
         return np.array([r.label for r in self.rows()], dtype=np.int64)
 
-    def array(self, name: str) -> np.ndarray:
-        """Values of array `name`, (count, dim) float32, memory-mapped read-only."""
-        entry = self._entry(name)
-        if entry["values"] is None:
-            return np.empty((0, entry["dim"]), dtype=np.float32)
-        return self._load(entry["values"], mmap_mode="r")
+    def routes(self) -> np.ndarray:
+        """Routes of all rows (int64, -1 = none)."""
+        return np.array([r.route for r in self.rows()], dtype=np.int64)
 
-    def ids(self, name: str) -> np.ndarray:
-        """Metadata ids of the rows of array `name` (int64)."""
-        entry = self._entry(name)
-        return np.empty(0, np.int64) if entry["ids"] is None else self._load(entry["ids"])
+    def array(self, name: str) -> np.ndarray:
+        """Values of array `name`, (count, dim) float32, read into memory once."""
+        if name not in self._arrays:
+            entry = self._entry(name)
+            segments = [self._load(segment, mmap_mode="r") for segment in entry["segments"]]
+            self._arrays[name] = (np.concatenate(segments) if segments
+                                  else np.empty((0, entry["dim"]), dtype=np.float32))
+        return self._arrays[name]
+
+    def fetch(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """Vectors of array `name` for item ids of any shape (-1, padding, gives zeros): (*ids.shape, dim)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        values = self.array(name)[np.maximum(ids, 0)]
+        return np.where((ids >= 0)[..., None], values, 0.0).astype(np.float32, copy=False)
 
     def index(self, name: str) -> VectorIndex:
-        """The vector index over array `name` (loaded once); its ids are positions in `array(name)`."""
+        """The vector index over array `name` (loaded once, with every row); its ids are item ids."""
         entry = self._entry(name)
         if entry["index"] is None:
             raise ValueError(f"array {name!r} has no index; create the store with indexes={{{name!r}: 'Flat'}}")
         if name not in self._indexes:
-            self._indexes[name] = self._load_index(entry)
+            index = self._load_index(entry)
+            if len(index) < len(self):  # rows appended after the saved index
+                index.train(self.array(name))
+                index.add(self.array(name)[len(index):])
+            self._indexes[name] = index
         return self._indexes[name]
 
     def _load(self, name: str, mmap_mode: str | None = None) -> np.ndarray:
@@ -279,72 +307,77 @@ class FeatureStore:
             raise CorruptIndexError(self._damaged(self.directory / name, f"cannot be read as an array ({exc})")) from None
 
     def _load_index(self, entry: dict[str, Any]) -> VectorIndex:
-        """A new in-memory copy of the committed index described by a manifest entry."""
+        """A new in-memory copy of the saved index described by a manifest entry (an empty one before the first
+        save)."""
         if entry["index_file"] is None:
             return create_index(entry["dim"], **{**entry["index"], "device": self.device})
         path = self.directory / entry["index_file"]
         try:
-            return VectorIndex.load(path, device=self.device, expected_dim=entry["dim"])
+            index = VectorIndex.load(path, device=self.device, expected_dim=entry["dim"])
         except IndexMismatchError:
             raise
         except (ValueError, OSError, RuntimeError, KeyError) as exc:
             raise CorruptIndexError(self._damaged(path, f"cannot be read as an index ({exc})")) from None
+        if len(index) != entry["index_count"]:
+            raise CorruptIndexError(self._damaged(path, f"holds {len(index)} vectors, the manifest says "
+                                                  f"{entry['index_count']}"))
+        return index
 
     def search(self, name: str, queries: np.ndarray, k: int, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-        """Search the index over `name`: (distances (nq, k), metadata ids (nq, k), -1 padded)."""
-        distances, positions = self.index(name).search(queries, k, batch_size)
-        ids = self.ids(name)
-        return distances, np.where(positions >= 0, ids[np.maximum(positions, 0)] if len(ids) else -1, -1)
+        """Search the index over `name`: (squared distances (nq, k), item ids (nq, k), -1 padded)."""
+        return self.index(name).search(queries, k, batch_size)
 
     # Writing -----------------------------------------------------------------------------------------------
     def append(
         self,
         rows: Sequence[StoreRow],
         arrays: Mapping[str, np.ndarray],
-        subsets: Mapping[str, np.ndarray] | None = None,
         fingerprint: Mapping[str, Any] | None = None,
         attributes: Mapping[str, Any] | None = None,
+        save_index: bool = True,
     ) -> None:
-        """Add `rows` and their features; `arrays` must hold every array of the store.
+        """Add `rows` and their features; `arrays` holds one row per entry of `rows` for every array of the store.
 
-        `arrays[name]` has one row per entry of `rows`, or, when `subsets[name]` (positions into `rows`) is
-        given, one row per subset entry. With `fingerprint`, refuses (IndexMismatchError) a store built
-        differently. `attributes` replace those keys of the committed attributes in the same commit. Atomic: on
-        any failure (a full disk included) the store stays as it was and its half-written files are removed.
+        With `fingerprint`, refuses (IndexMismatchError) a store built differently. `attributes` replace those
+        keys of the committed attributes in the same commit. `save_index=False` leaves the saved vector indexes
+        as they are (the new rows join them in memory, and on disk at the next append that saves): a build of
+        many chunks saves its indexes once, at the end. Atomic: on any failure (a full disk included) the store
+        stays as it was and its half-written files are removed.
         """
         if fingerprint is not None:
             self.check_fingerprint(fingerprint)
-        subsets = dict(subsets or {})
-        staged = self._validate(rows, arrays, subsets)
+        staged = self._validate(rows, arrays)
         self._remove_leftovers()
         generation = self.manifest["generation"] + 1
         manifest = copy.deepcopy(self.manifest)
-        base = len(self)
-        new_indexes: dict[str, VectorIndex] = {}
+        count = len(self) + len(rows)
         files: dict[str, dict[str, Any]] = {}
+        indexes: dict[str, VectorIndex] = {}
         try:
-            for name, (values, positions) in staged.items():
-                if not len(values):
-                    continue
+            for name, values in staged.items():
                 entry = manifest["arrays"][name]
-                stem = f"arrays/{_slug(name)}"
-                entry["values"] = self._extend(entry["values"], values, f"{stem}.g{generation}.npy", files)
-                entry["ids"] = self._extend(entry["ids"], positions + base, f"{stem}.ids.g{generation}.npy", files)
-                entry["count"] += len(values)
-                if entry["index"] is not None:
+                if len(values):
+                    segment = f"arrays/{_slug(name)}.g{generation}.npy"
+                    files[segment] = self._write_array(segment, values)
+                    entry["segments"].append(segment)
+                if entry["index"] is not None and save_index and entry["index_count"] < count:
                     # A fresh copy, not the cached one: that must stay as committed if this append fails.
                     index = self._load_index(entry)
-                    index.train(values)
-                    index.add(values)
+                    full = np.concatenate([self.array(name), values])
+                    index.train(full)
+                    index.add(full[len(index):])
                     entry["index_file"] = f"indexes/{_slug(name)}.g{generation}.fidx"
                     path = self.directory / entry["index_file"]
                     index.save(path)
                     files[entry["index_file"]] = {"size": path.stat().st_size, "sha256": file_digest(path)}
-                    new_indexes[name] = index
-            manifest["metadata"] = f"metadata.g{generation}.csv"
-            files[manifest["metadata"]] = self._write_rows(manifest["metadata"], [*self.rows(), *rows])
-            live = {**self._unchanged_files(manifest), **files}
-            manifest.update(generation=generation, count=base + len(rows), updated=_now(), files=live,
+                    entry["index_count"] = count
+                    indexes[name] = index
+            if rows:
+                segment = f"metadata.g{generation}.csv"
+                files[segment] = self._write_rows(segment, rows, first_id=len(self))
+                manifest["metadata"].append(segment)
+            live = {**self._still_named(manifest), **files}
+            manifest.update(generation=generation, count=count, updated=_now(), files=live,
                             superseded=sorted(set(self.manifest["files"]) - set(live)))
             manifest["attributes"].update(_json_normal(dict(attributes or {})))
             atomic_write_text(self.directory / MANIFEST, json.dumps(manifest, indent=2), durable=True)  # the commit
@@ -353,12 +386,25 @@ class FeatureStore:
             raise
         self.manifest = manifest
         self._rows = None
-        self._indexes.update(new_indexes)
+        for name, values in staged.items():
+            if name in self._arrays:
+                self._arrays[name] = np.concatenate([self._arrays[name], values])
+            if name in indexes:
+                self._indexes[name] = indexes[name]
+            elif name in self._indexes:
+                self._indexes[name].add(values)
         self._remove_leftovers()
 
-    def _unchanged_files(self, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """Entries of the current `files` still named by the new `manifest` (arrays this append did not touch)."""
-        named = {n for a in manifest["arrays"].values() for n in (a["values"], a["ids"], a["index_file"]) if n}
+    def save_indexes(self) -> None:
+        """Commit the vector indexes with every row (a no-op when they are saved already)."""
+        if any(e["index"] is not None and e["index_count"] < len(self) for e in self.manifest["arrays"].values()):
+            self.append([], {name: np.empty((0, dim), np.float32) for name, dim in self.dims.items()})
+
+    def _still_named(self, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Entries of the current `files` still named by the new `manifest` (everything but a replaced index)."""
+        named = set(manifest["metadata"])
+        for entry in manifest["arrays"].values():
+            named |= set(entry["segments"]) | ({entry["index_file"]} if entry["index_file"] else set())
         return {n: v for n, v in self.manifest["files"].items() if n in named}
 
     def _entry(self, name: str) -> dict[str, Any]:
@@ -367,15 +413,13 @@ class FeatureStore:
         except KeyError:
             raise KeyError(f"no array {name!r} in store {self.directory} (has {sorted(self.dims)})") from None
 
-    def _validate(
-        self, rows: Sequence[StoreRow], arrays: Mapping[str, np.ndarray], subsets: Mapping[str, np.ndarray]
-    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Check everything before the first write; returns {name: (float32 values, positions into rows)}."""
+    def _validate(self, rows: Sequence[StoreRow], arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check everything before the first write; returns {name: float32 values}."""
         for row in rows:
             if not isinstance(row, StoreRow):
                 raise TypeError(f"rows must be StoreRow objects, got {type(row).__name__}")
         missing = set(self.dims) - set(arrays)
-        unknown = (set(arrays) | set(subsets)) - set(self.dims)
+        unknown = set(arrays) - set(self.dims)
         if missing or unknown:
             raise IndexMismatchError(
                 f"arrays do not match the store: missing {sorted(missing)}, unknown {sorted(unknown)}"
@@ -383,72 +427,58 @@ class FeatureStore:
         staged = {}
         for name, dim in self.dims.items():
             values = np.asarray(arrays[name])
-            positions = np.asarray(subsets.get(name, np.arange(len(rows))), dtype=np.int64)
             if values.ndim != 2 or values.shape[1] != dim:
                 raise IndexMismatchError(f"array {name!r}: the store holds {dim}-d features, got shape {values.shape}")
-            if len(values) != len(positions):
-                raise ValueError(f"array {name!r} has {len(values)} rows for {len(positions)} items")
-            if len(positions) and (positions.min() < 0 or positions.max() >= len(rows)):
-                raise ValueError(f"subset of {name!r} must index the {len(rows)} new rows")
+            if len(values) != len(rows):
+                raise ValueError(f"array {name!r} has {len(values)} rows for {len(rows)} items")
             if not np.isfinite(values).all():
                 raise ValueError(f"array {name!r} contains NaN or infinite values")
-            staged[name] = (np.ascontiguousarray(values, dtype=np.float32), positions)
+            staged[name] = np.ascontiguousarray(values, dtype=np.float32)
         return staged
 
-    def _extend(self, old_file: str | None, new: np.ndarray, new_file: str, files: dict[str, dict[str, Any]]) -> str:
-        """Write old rows + `new` to `new_file` with plain writes (a full disk is an error, never SIGBUS as with
-        a memory-mapped sparse file), copying the old rows in bounded chunks; records its size and checksum."""
-        old = None if old_file is None else self._load(old_file, mmap_mode="r")
-        n_old = 0 if old is None else len(old)
-        header = {"descr": np.lib.format.dtype_to_descr(new.dtype), "fortran_order": False,
-                  "shape": (n_old + len(new), *new.shape[1:])}
-        head = io.BytesIO()
-        np.lib.format.write_array_header_1_0(head, header)
+    def _write_array(self, name: str, values: np.ndarray) -> dict[str, Any]:
+        """Write `values` as a .npy file with plain writes, so a full disk is an OSError naming its cause (never
+        SIGBUS as with a memory-mapped sparse file, nor numpy's errno-less short-write error); returns its size
+        and checksum."""
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(values))
         digest = hashlib.sha256()
-        with atomic_path(self.directory / new_file, durable=True) as tmp, open(tmp, "wb") as f:
-            chunks = (old[start : start + _COPY_ROWS] for start in range(0, n_old, _COPY_ROWS))
-            for data in (head.getvalue(), *(np.ascontiguousarray(c).tobytes() for c in chunks), new.tobytes()):
-                f.write(data)
-                digest.update(data)
-            size = f.tell()
-        files[new_file] = {"size": size, "sha256": digest.hexdigest()}
-        return new_file
+        with atomic_path(self.directory / name, durable=True) as tmp, open(tmp, "wb") as f:
+            flat = values.reshape(-1).view(np.uint8)
+            for block in (header.getvalue(), *(flat[i : i + _WRITE_BLOCK] for i in range(0, len(flat), _WRITE_BLOCK))):
+                f.write(block)
+                digest.update(block)
+            return {"size": f.tell(), "sha256": digest.hexdigest()}
 
-    def _read_rows(self, name: str | None) -> list[StoreRow]:
-        if name is None:
-            return []
+    def _read_rows(self, name: str, first_id: int) -> list[StoreRow]:
         path = self.directory / name
         try:
             with open(path, newline="", encoding="utf-8") as f:
                 records = list(csv.DictReader(f))
-            rows = [StoreRow(path=r["path"], category=r["category"], label=int(r["label"]), digest=r["digest"])
-                    for r in records]
+            rows = [StoreRow(path=r["path"], category=r["category"], label=int(r["label"]), route=int(r["route"]),
+                             digest=r["digest"]) for r in records]
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as exc:
             raise CorruptIndexError(self._damaged(path, f"cannot be read as the metadata table ({exc})")) from None
-        if len(rows) != len(self):
-            raise CorruptIndexError(self._damaged(path, f"has {len(rows)} rows, the manifest says {len(self)}"))
         for i, rec in enumerate(records):
-            if rec["id"] != str(i):
-                raise CorruptIndexError(self._damaged(path, f"row {i} has id {rec['id']}"))
+            if rec["id"] != str(first_id + i):
+                raise CorruptIndexError(self._damaged(path, f"row {i} has id {rec['id']}, expected {first_id + i}"))
         return rows
 
-    def _write_rows(self, name: str, rows: Sequence[StoreRow]) -> dict[str, Any]:
+    def _write_rows(self, name: str, rows: Sequence[StoreRow], first_id: int) -> dict[str, Any]:
         path = self.directory / name
         with atomic_path(path, durable=True) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 writer = csv.DictWriter(f, fieldnames=_METADATA_FIELDS)
                 writer.writeheader()
-                writer.writerows({"id": i, **asdict(r)} for i, r in enumerate(rows))
-            recorded = {"size": tmp.stat().st_size, "sha256": file_digest(tmp)}
-        return recorded
+                writer.writerows({"id": first_id + i, **asdict(r)} for i, r in enumerate(rows))
+            return {"size": tmp.stat().st_size, "sha256": file_digest(tmp)}
 
     def _generation_files(self, generation: int) -> set[str]:
         """Every file an append of `generation` may write."""
         names = {f"metadata.g{generation}.csv"}
         for name in self.manifest["arrays"]:
             stem = _slug(name)
-            names |= {f"arrays/{stem}.g{generation}.npy", f"arrays/{stem}.ids.g{generation}.npy",
-                      f"indexes/{stem}.g{generation}.fidx"}
+            names |= {f"arrays/{stem}.g{generation}.npy", f"indexes/{stem}.g{generation}.fidx"}
         return names
 
     def _remove_generation(self, generation: int) -> None:
@@ -456,7 +486,7 @@ class FeatureStore:
         self._delete(self._generation_files(generation) - set(self.manifest["files"]))
 
     def _remove_leftovers(self) -> None:
-        """Delete the superseded generation's files and whatever a killed append of the next one left."""
+        """Delete the files the last commit superseded and whatever a killed append of the next one left."""
         self._delete(set(self.manifest["superseded"]) - set(self.manifest["files"]))
         self._remove_generation(self.manifest["generation"] + 1)
         self._delete({MANIFEST}, keep_target=True)

@@ -9,9 +9,11 @@ pass of the system's models:
     unified       the unified model's whole embedding, L2-normalised (the "Unified" single-stage row)
     fine/<name>   [image, region] fine feature under "unified" and, with category models, under EVERY category
                   model, so whichever model a query is routed to can re-rank any candidate
-    route         the meta-category the coarse classifier predicts for the image (index into categories); the
-                  fine stage ranks candidates routed like the query before the others
     box           the discriminative region (x1, y1, x2, y2, original pixels) of the unified model
+
+and, in its metadata row, the route: the meta-category the coarse classifier predicts for the image (index into
+categories); the fine stage ranks candidates routed like the query before the others. The engine reads a store
+through `VectorStore` only (rows, search, fetch by id), so any backend with those serves it.
 
 Every pipeline (`Pipeline`) runs through `RetrievalEngine.rank` on a batch of query features, so evaluation,
 the CLI, the server and the benchmarks share one code path. Query expansion (the paper's "average the top-5
@@ -40,7 +42,7 @@ from fgia.data.images import ImageLoadError, load_image
 from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.features.extract import FeatureSet
 from fgia.features.pca import l2_normalize
-from fgia.index import CorruptIndexError, FeatureStore, IndexMismatchError, StoreRow, file_digest
+from fgia.index import CorruptIndexError, FeatureStore, IndexMismatchError, MemoryStore, StoreRow, VectorStore, file_digest
 from fgia.index.store import MANIFEST
 from fgia.retrieval.search import Ranking, average_query_expansion, knn, rerank
 from fgia.retrieval.system import SYSTEM_FILE, System, load_system
@@ -193,7 +195,7 @@ def build_index(
         store = _resumable(stage, system, factory, device)
         if store is None:
             dims = {"coarse": system.coarse_pca.n_components, "unified": system.models[UNIFIED].embedding_dim,
-                    "route": 1, "box": 4}
+                    "box": 4}
             dims |= {fine_name(n): system.fine_dim for n in system.fine_models}
             store = FeatureStore.create(stage, _fingerprint(system), dims, indexes={"coarse": factory}, device=device,
                                         attributes={"classes": [], "system": _system_location(system, stage),
@@ -220,7 +222,8 @@ def _resumable(stage: Path, system: System, factory: str, device: str) -> Featur
 
 def _add(system: System, store: FeatureStore, database: FineGrainedDataset, chunk_size: int,
          progress: bool) -> BuildResult:
-    """Append the images of `database` not in `store` yet (by path and by content), one commit per chunk."""
+    """Append the images of `database` not in `store` yet (by path and by content), one commit per chunk; the
+    coarse vector index is saved once, after the last chunk (each chunk writes only its own rows)."""
     known_paths = {row.path for row in store.rows()}
     known_digests = {row.digest for row in store.rows()} - {""}
     classes = list(store.attributes["classes"])
@@ -247,9 +250,10 @@ def _add(system: System, store: FeatureStore, database: FineGrainedDataset, chun
         if rows:
             digest_of = {_relative(s.path, base): d for s, d in zip(samples, digests)}
             rows = [replace(row, path=rel, digest=digest_of[rel]) for row in rows for rel in [_relative(row.path, base)]]
-            store.append(rows, arrays, fingerprint=_fingerprint(system),
+            store.append(rows, arrays, fingerprint=_fingerprint(system), save_index=False,
                          attributes={"classes": classes, "locations": list(dict.fromkeys(locations))})
             added += len(rows)
+    store.save_indexes()
     return BuildResult(index_dir=store.directory, added=added, skipped=skipped, total=len(store),
                        duplicates=duplicates)
 
@@ -311,8 +315,7 @@ def _database_features(
     """Rows and arrays for the readable `samples`; extends `classes` with new class names (in place)."""
     f = image_features(system, samples, progress=progress)
     boxes = f.boxes if f.boxes is not None else np.zeros((len(f), 4), np.float32)
-    arrays = {"coarse": f.coarse, "unified": f.unified, "route": f.route[:, None].astype(np.float32),
-              "box": boxes, **f.fine}
+    arrays = {"coarse": f.coarse, "unified": f.unified, "box": boxes, **f.fine}
     position = {name: i for i, name in enumerate(classes)}
     rows = []
     for i in f.index:
@@ -324,7 +327,8 @@ def _database_features(
                 position[name] = len(classes)
                 classes.append(name)
             label = position[name]
-        rows.append(StoreRow(path=str(Path(s.path).resolve()), category=s.category or "", label=label))
+        rows.append(StoreRow(path=str(Path(s.path).resolve()), category=s.category or "", label=label,
+                             route=int(f.route[len(rows)])))
     return rows, arrays, len(samples) - len(f.index)
 
 
@@ -342,18 +346,24 @@ def _fingerprint(system: System) -> dict[str, Any]:
 class RetrievalEngine:
     """A loaded index + its system, answering queries with any pipeline (see `Pipeline`)."""
 
-    def __init__(self, system: System, store: FeatureStore, classes: list[str]) -> None:
+    def __init__(self, system: System, store: VectorStore, classes: list[str]) -> None:
         self.system = system
         self.store = store
         self.classes = classes
         self.rows = store.rows()
-        # Every search reads these arrays: hold them in memory rather than memory-mapped.
-        self.arrays = {name: np.array(store.array(name)) for name in store.dims}
-        self.routes = self.arrays["route"][:, 0].astype(np.int64)
-        self.coarse_index = store.index("coarse")  # its positions are image ids: the array covers every image
+        self.routes = store.routes()
         self.top_k = system.config.resolve_top_k(len(store))
         # Paths are relative to the index; where it was built is the fallback for an index moved on its own.
-        self._bases = [store.directory.resolve(), *map(Path, reversed(store.attributes.get("locations", [])))]
+        directory = getattr(store, "directory", None)
+        self._bases = [*([Path(directory).resolve()] if directory else []),
+                       *map(Path, reversed(store.attributes.get("locations", [])))]
+
+    @classmethod
+    def from_arrays(cls, system: System, rows: Sequence[StoreRow], arrays: dict[str, np.ndarray],
+                    classes: list[str], factory: str = "Flat", device: str = "auto") -> RetrievalEngine:
+        """An engine over in-memory arrays (named as in a built index, see the module docstring), e.g. features
+        computed elsewhere or a benchmark's synthetic database."""
+        return cls(system, MemoryStore(rows, arrays, indexes={"coarse": factory}, device=device), classes)
 
     @classmethod
     def load(
@@ -380,18 +390,12 @@ class RetrievalEngine:
         return engine
 
     def _check_consistency(self) -> None:
-        """Every stored label has a class name, every route a meta-category, every array a row per image."""
-        where = self.store.directory / self.store.manifest["metadata"]
-        for name, values in self.arrays.items():
-            if len(values) != len(self.rows):
-                raise CorruptIndexError(f"{self.store.directory}: array {name!r} has {len(values)} rows for "
-                                        f"{len(self.rows)} images; rebuild the index with --force")
+        """Every stored label has a class name and every route a meta-category."""
         labels = self.labels()
         if len(labels) and labels.max() >= len(self.classes):
-            raise CorruptIndexError(f"{where}: labels up to {labels.max()} but only {len(self.classes)} class names "
-                                    "are committed; rebuild the index with --force")
-        routes = self.arrays["route"][:, 0]
-        if len(routes) and not np.isin(routes, np.arange(len(self.system.categories))).all():
+            raise CorruptIndexError(f"{self.store.directory}: labels up to {labels.max()} but only "
+                                    f"{len(self.classes)} class names are committed; rebuild the index with --force")
+        if len(self.routes) and not np.isin(self.routes, np.arange(len(self.system.categories))).all():
             raise CorruptIndexError(f"{self.store.directory}: stored routes outside the system's "
                                     f"{len(self.system.categories)} meta-categories; rebuild the index with --force")
 
@@ -408,7 +412,7 @@ class RetrievalEngine:
             "backbone": cfg.backbone,
             "image_size": cfg.image_size,
             "dims": self.store.dims,
-            "factory": self.coarse_index.factory,
+            "factory": self.store.index("coarse").factory,
             "top_k": self.top_k,
             "query_expansion": cfg.qe_top,
             "system": self.system.path.name,
@@ -453,61 +457,71 @@ class RetrievalEngine:
             with timer("coarse_search"):
                 ranking = knn(query, database, k)
                 if qe_top:
-                    ranking = knn(average_query_expansion(query, database, ranking.ids[:, :qe_top]), database, k)
+                    hits = ranking.ids[:, :qe_top]
+                    ranking = knn(average_query_expansion(query, database[np.maximum(hits, 0)], hits >= 0), database, k)
             return ranking
         k_coarse = top_k or self.top_k
-        query, databases = self._fine_inputs(qf, pipeline)
-        ranking = self._c2f(qf.coarse, query, databases, qf.route, k_coarse, full, timer)
+        query = self._fine_query(qf, pipeline)
+        ranking = self._c2f(qf.coarse, query, pipeline, qf.route, k_coarse, full, timer)
         if qe_top:
             hits = ranking.ids[:, :qe_top]
             with timer("fine_search"):
-                coarse = average_query_expansion(qf.coarse, self.arrays["coarse"], hits)
-                query = np.stack([average_query_expansion(q[None], databases[r], h[None])[0]
-                                  for q, r, h in zip(query, qf.route, hits)]) if len(query) else query
-            ranking = self._c2f(coarse, query, databases, qf.route, k_coarse, full, timer)
+                coarse = average_query_expansion(qf.coarse, self.store.fetch("coarse", hits), hits >= 0)
+                query = average_query_expansion(query, self._fine_vectors(pipeline, qf.route, hits), hits >= 0)
+            ranking = self._c2f(coarse, query, pipeline, qf.route, k_coarse, full, timer)
         return ranking
 
     def _single_stage(self, qf: ImageFeatures, pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
         if pipeline is Pipeline.COARSE:
-            return qf.coarse, self.arrays["coarse"]
+            return qf.coarse, self.store.array("coarse")
         if pipeline is Pipeline.UNIFIED:
-            return qf.unified, self.arrays["unified"]
+            return qf.unified, self.store.array("unified")
         dim = getattr(self.system.models[UNIFIED], "conv_feature_dim", qf.unified.shape[1])
-        return l2_normalize(qf.unified[:, :dim]), l2_normalize(self.arrays["unified"][:, :dim])
+        return l2_normalize(qf.unified[:, :dim]), l2_normalize(self.store.array("unified")[:, :dim])
 
-    def _fine_inputs(self, qf: ImageFeatures, pipeline: Pipeline) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(query fine features, database fine features per meta-category) of a c2f pipeline."""
-        names = [UNIFIED if pipeline is Pipeline.C2F_UNIFIED else self.system.model_for(c)
-                 for c in range(len(self.system.categories))]
-        query = np.stack([qf.fine[fine_name(names[r])][i] for i, r in enumerate(qf.route)]) if len(qf) else \
-            qf.fine[fine_name(UNIFIED)][:0]
-        databases = [self.arrays[fine_name(n)] for n in names]
-        if pipeline is Pipeline.C2F_IMAGE:
-            part = self.system.part_pcas[UNIFIED][0].n_components
-            query, databases = query[:, :part], [d[:, :part] for d in databases]
-        return query, databases
+    def _fine_models(self, pipeline: Pipeline) -> list[str]:
+        """The model whose fine feature re-ranks for each meta-category (index = route)."""
+        return [UNIFIED if pipeline is Pipeline.C2F_UNIFIED else self.system.model_for(c)
+                for c in range(len(self.system.categories))]
 
-    def _c2f(self, coarse: np.ndarray, fine: np.ndarray, databases: list[np.ndarray], route: np.ndarray,
-             k: int, full: bool, timer: StageTimer) -> Ranking:
+    def _fine_query(self, qf: ImageFeatures, pipeline: Pipeline) -> np.ndarray:
+        """Each query's fine feature under its routed model (only the image part for c2f-image)."""
+        names = self._fine_models(pipeline)
+        if not len(qf):
+            return qf.fine[fine_name(UNIFIED)][:0, : self._fine_dim(pipeline)]
+        query = np.stack([qf.fine[fine_name(names[r])][i] for i, r in enumerate(qf.route)])
+        return query[:, : self._fine_dim(pipeline)]
+
+    def _fine_dim(self, pipeline: Pipeline) -> int:
+        return self.system.part_pcas[UNIFIED][0].n_components if pipeline is Pipeline.C2F_IMAGE else self.system.fine_dim
+
+    def _fine_vectors(self, pipeline: Pipeline, route: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Database fine features (Q, n, d) of `ids` (Q, n), each query's under its routed model."""
+        names = self._fine_models(pipeline)
+        vectors = np.zeros((*ids.shape, self._fine_dim(pipeline)), dtype=np.float32)
+        for m, name in enumerate(names):
+            rows = np.flatnonzero(route == m)
+            if len(rows):
+                vectors[rows] = self.store.fetch(fine_name(name), ids[rows])[..., : vectors.shape[-1]]
+        return vectors
+
+    def _c2f(self, coarse: np.ndarray, fine: np.ndarray, pipeline: Pipeline, route: np.ndarray, k: int, full: bool,
+             timer: StageTimer) -> Ranking:
         """Coarse top-K, re-ranked by fine distance (candidates routed like the query first); with `full`, the
         rest of the database follows in coarse order."""
         with timer("coarse_search"):
-            if full:
-                order = self._coarse_search(coarse, len(self))[1]
-                candidates, rest = order[:, :k], order[:, k:]
-            else:
-                candidates = self._coarse_search(coarse, k)[1]
+            distances, order = self._coarse_search(coarse, len(self) if full else k)
+            candidates = order[:, :k]
         with timer("fine_search"):
             other = (self.routes[np.maximum(candidates, 0)] != route[:, None]) & (candidates >= 0)
-            ranking = rerank(fine, databases, candidates, route, demote=other)
+            ranking = rerank(fine, self._fine_vectors(pipeline, route, candidates), candidates, demote=other)
         if not full:
             return ranking
-        coarse_distances = np.linalg.norm(self.arrays["coarse"][rest] - coarse[:, None, :], axis=2)
-        return Ranking(ids=np.concatenate([ranking.ids, rest], axis=1),
-                       distances=np.concatenate([ranking.distances, coarse_distances.astype(np.float32)], axis=1))
+        return Ranking(ids=np.concatenate([ranking.ids, order[:, k:]], axis=1),
+                       distances=np.concatenate([ranking.distances, distances[:, k:]], axis=1))
 
     def _coarse_search(self, coarse: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        sq, ids = self.coarse_index.search(coarse, k)
+        sq, ids = self.store.search("coarse", coarse, k)
         return np.sqrt(np.maximum(sq, 0)).astype(np.float32), ids
 
     # ------------------------------------------------------------------------------------------- answering

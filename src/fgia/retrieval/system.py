@@ -500,7 +500,7 @@ def validation_map(features: np.ndarray, labels: np.ndarray, categories: np.ndar
         queries = f
         if qe_top:
             hits = knn(f, f, qe_top + 1).ids[:, 1:]  # the nearest hit is the query itself
-            queries = average_query_expansion(f, f, hits)
+            queries = average_query_expansion(f, f[hits])
         scores = evaluate_retrieval(queries, y, f, y, ks=(1,), exclude_ids=np.arange(len(rows)))
         total += scores["mAP"] * scores["n_queries"]
         count += scores["n_queries"]

@@ -97,18 +97,15 @@ def _plain_error(error: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _uses_cuda(engine: SearchEngine) -> bool:
-    return str(getattr(engine, "device", "cpu")).startswith("cuda")
-
-
 def create_app(engine: SearchEngine, cfg: ServeConfig | None = None) -> FastAPI:
     """The search service over a loaded engine: JSON API, images by id, and the offline web page at /."""
     cfg = cfg or ServeConfig()
-    batch = cfg.batching == "on" or (cfg.batching == "auto" and _uses_cuda(engine))
+    batch = cfg.batching == "on"
     batcher = SearchBatcher(engine, max_batch=cfg.max_batch if batch else 1,
                             max_wait_ms=cfg.max_wait_ms if batch else 0.0, max_queue=cfg.max_queue)
-    # Decoding happens under this bound, before the queue: N huge uploads cannot take N decoded images' memory.
-    slots = DecodeSlots(cfg.max_decoding or 2 * batcher.max_batch, max_waiting=cfg.max_queue)
+    # Decoding happens under this bound, before the queue: N huge uploads cannot take N decoded images' memory;
+    # a decoded query is reduced (`query_side`) before it waits for its batch.
+    slots = DecodeSlots(cfg.max_decoding, max_waiting=cfg.max_queue)
     latency = LatencyStats(cfg.latency_window)
     thumbnail = functools.lru_cache(maxsize=cfg.thumb_cache_items)(render_thumbnail)
     cache_control = f"public, max-age={cfg.cache_max_age_s}"
@@ -160,6 +157,7 @@ def create_app(engine: SearchEngine, cfg: ServeConfig | None = None) -> FastAPI:
                          422: {"description": "bad options"},
                          503: {"description": "too many queries waiting"}})
     async def search(
+        request: Request,
         file: Annotated[UploadFile, File(description=f"query photo ({', '.join(ACCEPTED_TYPES)})")],
         top_k: Annotated[int, Form(ge=1, le=cfg.max_top_k)] = cfg.default_top_k,
         pipeline: Annotated[Pipeline, Form(description=PIPELINE_HELP)] = "c2f",
@@ -170,9 +168,9 @@ def create_app(engine: SearchEngine, cfg: ServeConfig | None = None) -> FastAPI:
         try:
             async with slots.slot():
                 image = await run_in_threadpool(decode_upload, await file.read(), file.content_type, cfg.max_pixels,
-                                                cfg.max_decoded_bytes)
-                decoded = time.perf_counter()
-                result, queued_ms = await batcher.search(image, options)
+                                                cfg.max_decoded_bytes, cfg.query_side)
+            decoded = time.perf_counter()
+            result, queued_ms = await batcher.search(image, options, gone=request.is_disconnected)
         except UploadError as exc:
             raise HTTPException(exc.status_code, str(exc)) from None
         except QueueFull as exc:

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
@@ -50,8 +50,7 @@ def run(
 ) -> None:
     """Load the engine from `index_dir` and serve the API and web page on http://host:port until interrupted.
 
-    A damaged index is refused before serving (sizes and counts always, checksums too with `verify`). With
-    `config.batching="auto"`, concurrent queries are micro-batched when the engine runs on CUDA.
+    A damaged index is refused before serving (sizes and counts always, checksums too with `verify`).
     """
     index_dir = Path(index_dir)
     if not index_dir.is_dir():
@@ -61,10 +60,7 @@ def run(
     release_large_buffers()
     resolved = pick_device(device)
     engine = RetrievalEngine.load(index_dir, device=str(resolved), verify=verify)
-    cfg = config or ServeConfig()
-    if cfg.batching == "auto":
-        cfg = replace(cfg, batching="on" if resolved.type == "cuda" else "off")
-    uvicorn.run(create_app(engine, cfg), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(engine, config or ServeConfig()), host=host, port=port, log_level=log_level)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -88,7 +84,7 @@ def serve_subprocess(
     host: str = "127.0.0.1",
     port: int | None = None,
     device: str = "auto",
-    batching: str = "auto",
+    batching: str = "on",
     startup_timeout_s: float = 120.0,
 ) -> Iterator[ServedIndex]:
     """Run `python -m fgia.serve` in a child process; yield it once /health answers; stop it on exit."""

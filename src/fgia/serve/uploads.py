@@ -9,7 +9,7 @@ import warnings
 
 from PIL import Image
 
-from fgia.data.images import ImageLoadError, ImageTooLargeError, load_image
+from fgia.data.images import ORIGINAL_SIZE_KEY, ImageLoadError, ImageTooLargeError, load_image
 
 # Declared content type -> the Pillow format the bytes must decode as.
 ACCEPTED_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
@@ -33,12 +33,15 @@ class UploadError(ValueError):
         self.status_code = status_code
 
 
-def decode_upload(data: bytes, content_type: str | None, max_pixels: int, max_decoded_bytes: int) -> Image.Image:
+def decode_upload(data: bytes, content_type: str | None, max_pixels: int, max_decoded_bytes: int,
+                  max_side: int | None = None) -> Image.Image:
     """Decode an uploaded JPEG/PNG/WebP into an upright RGB image, or raise `UploadError` saying why not.
 
     Type and pixel count are checked from the header, the decoded bytes (width x height x bytes per pixel)
     before decoding; the decode itself is `fgia.data.images.load_image`, so queries get exactly the
-    colour/alpha/16-bit handling (and the size reduction) the database images got when they were indexed.
+    colour/alpha/16-bit handling (and the size reduction) the database images got when they were indexed. With
+    `max_side`, the result is reduced to at most that longest side (it keeps its original size in its info, so
+    region boxes still come out in the upload's pixels).
     """
     declared = (content_type or "").split(";")[0].strip().lower()
     if declared not in ACCEPTED_TYPES:
@@ -63,8 +66,13 @@ def decode_upload(data: bytes, content_type: str | None, max_pixels: int, max_de
         tmp.write(data)
         tmp.flush()
         try:
-            return load_image(tmp.name, max_decode_bytes=max_decoded_bytes)
+            decoded = load_image(tmp.name, max_decode_bytes=max_decoded_bytes)
         except ImageTooLargeError as exc:
             raise UploadError(413, f"image {exc.reason.replace('decompression-bomb limit', 'limit')}") from None
         except ImageLoadError as exc:
             raise UploadError(400, f"corrupt or truncated {image.format} image: {_reason(exc.reason)}") from None
+    if max_side is not None and max(decoded.size) > max_side:
+        original = decoded.info.get(ORIGINAL_SIZE_KEY, decoded.size)
+        decoded.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        decoded.info[ORIGINAL_SIZE_KEY] = original
+    return decoded
