@@ -10,7 +10,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from fgia.data.images import DEFAULT_MAX_PIXELS, ORIGINAL_SIZE_KEY, ImageLoadError, load_image
+from fgia.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ORIGINAL_SIZE_KEY,
+    ImageLoadError,
+    load_image,
+)
 from fgia.data.samples import Sample
 
 log = logging.getLogger(__name__)

@@ -33,10 +33,23 @@ from fgia.data.protocols import SHARED_COMPOSITE
 from fgia.data.samples import Sample
 from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.eval.methods import MethodEmbedder, MethodsConfig, parse_method
-from fgia.eval.report import Hit, OsfgirReport, QueryExample, print_report, to_markdown, write_report
+from fgia.eval.report import (
+    Hit,
+    OsfgirReport,
+    QueryExample,
+    print_report,
+    to_markdown,
+    write_report,
+)
 from fgia.features.extract import extract_models
 from fgia.metrics import evaluate_rankings
-from fgia.retrieval.engine import STAGES, ImageFeatures, Pipeline, RetrievalEngine, build_index
+from fgia.retrieval.engine import (
+    STAGES,
+    ImageFeatures,
+    Pipeline,
+    RetrievalEngine,
+    build_index,
+)
 from fgia.retrieval.search import knn
 from fgia.retrieval.system import (
     SYSTEM_FILE,

@@ -2,7 +2,12 @@
 (`VectorStore`), the on-disk feature store and an in-memory one."""
 
 from fgia.index.store import CorruptIndexError, FeatureStore, StoreRow, file_digest
-from fgia.index.vector_index import IndexConfig, IndexMismatchError, VectorIndex, create_index
+from fgia.index.vector_index import (
+    IndexConfig,
+    IndexMismatchError,
+    VectorIndex,
+    create_index,
+)
 from fgia.index.vector_store import MemoryStore, VectorStore
 
 __all__ = [

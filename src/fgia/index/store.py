@@ -41,7 +41,12 @@ from typing import Any
 import numpy as np
 
 from fgia.config import to_dict
-from fgia.index.vector_index import IndexConfig, IndexMismatchError, VectorIndex, create_index
+from fgia.index.vector_index import (
+    IndexConfig,
+    IndexMismatchError,
+    VectorIndex,
+    create_index,
+)
 from fgia.runtime import atomic_path, atomic_write_text, write_error
 
 MANIFEST = "manifest.json"

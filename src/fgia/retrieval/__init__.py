@@ -11,7 +11,13 @@ from fgia.retrieval.engine import (
     search_files,
 )
 from fgia.retrieval.search import Ranking, average_query_expansion, knn, rerank
-from fgia.retrieval.system import SelectionConfig, System, SystemConfig, load_system, train_system
+from fgia.retrieval.system import (
+    SelectionConfig,
+    System,
+    SystemConfig,
+    load_system,
+    train_system,
+)
 
 __all__ = [
     "PIPELINES", "BuildResult", "ImageFeatures", "Pipeline", "Ranking", "RetrievalEngine", "SearchResult",

@@ -42,7 +42,15 @@ from fgia.data.images import ImageLoadError, load_image
 from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.features.extract import FeatureSet
 from fgia.features.pca import l2_normalize
-from fgia.index import CorruptIndexError, FeatureStore, IndexMismatchError, MemoryStore, StoreRow, VectorStore, file_digest
+from fgia.index import (
+    CorruptIndexError,
+    FeatureStore,
+    IndexMismatchError,
+    MemoryStore,
+    StoreRow,
+    VectorStore,
+    file_digest,
+)
 from fgia.index.store import MANIFEST
 from fgia.retrieval.search import Ranking, average_query_expansion, knn, rerank
 from fgia.retrieval.system import SYSTEM_FILE, System, load_system

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+
 @dataclass
 class Ranking:
     """Ranked hits per query: `ids` (Q, k) int64 database rows, `distances` (Q, k) float32, ascending.

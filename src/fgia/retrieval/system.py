@@ -50,13 +50,24 @@ from fgia.config import load_yaml, save_yaml
 from fgia.data.protocols import hold_out_classes
 from fgia.data.readers import DatasetError
 from fgia.data.samples import FineGrainedDataset, Sample
-from fgia.features.extract import FeatureSet, TrunkGroup, extract_from_images, extract_models
+from fgia.features.extract import (
+    FeatureSet,
+    TrunkGroup,
+    extract_from_images,
+    extract_models,
+)
 from fgia.features.pca import FeaturePCA, l2_normalize
 from fgia.index import file_digest
 from fgia.metrics import evaluate_retrieval
 from fgia.models import create_model, load_model, save_model
 from fgia.retrieval.search import average_query_expansion, knn
-from fgia.runtime import atomic_path, atomic_write_text, output_folder, pick_device, seed_everything
+from fgia.runtime import (
+    atomic_path,
+    atomic_write_text,
+    output_folder,
+    pick_device,
+    seed_everything,
+)
 from fgia.train import UNIFIED, TrainConfig, categories_of, fit, fit_category_model
 from fgia.train.cache import TrunkCache, trunk_cache
 from fgia.train.trainer import normalisation

@@ -55,7 +55,9 @@ def run(
     index_dir = Path(index_dir)
     if not index_dir.is_dir():
         raise FileNotFoundError(f"index directory not found: {index_dir}")
-    from fgia.retrieval.engine import RetrievalEngine  # models, timm, faiss: loaded only once the path is known good
+    from fgia.retrieval.engine import (
+        RetrievalEngine,  # models, timm, faiss: loaded only once the path is known good
+    )
 
     release_large_buffers()
     resolved = pick_device(device)

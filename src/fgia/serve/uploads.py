@@ -9,7 +9,12 @@ import warnings
 
 from PIL import Image
 
-from fgia.data.images import ORIGINAL_SIZE_KEY, ImageLoadError, ImageTooLargeError, load_image
+from fgia.data.images import (
+    ORIGINAL_SIZE_KEY,
+    ImageLoadError,
+    ImageTooLargeError,
+    load_image,
+)
 
 # Declared content type -> the Pillow format the bytes must decode as.
 ACCEPTED_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}

@@ -16,7 +16,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from timm.optim import create_optimizer_v2
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
@@ -31,7 +37,14 @@ from fgia.models.output import ModelOutput
 from fgia.runtime import atomic_path, atomic_write_text, pick_device, seed_everything
 from fgia.train.cache import trunk_cache
 from fgia.train.config import TrainConfig
-from fgia.train.distributed import DistContext, all_reduce_sum, barrier, gather_objects, init_distributed, make_sampler
+from fgia.train.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    gather_objects,
+    init_distributed,
+    make_sampler,
+)
 from fgia.train.losses import LossFn, build_loss
 
 STATE_FILE = "trainer_state.pt"

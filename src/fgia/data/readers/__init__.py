@@ -72,8 +72,8 @@ def read_dataset(
             raise DatasetError(f"unknown dataset format {fmt!r} (supported: {', '.join(READERS)})")
         path = _check_root(root)
         # a layout that is not detected is still read, so the error names the missing annotation file
-        found = READERS[fmt].detect(path) or unwrap(path)
-    read = READERS[fmt].read
+        found = READERS.get(fmt).detect(path) or unwrap(path)
+    read = READERS.get(fmt).read
     try:
         inspect.signature(read).bind(found, **options)
     except TypeError as e:

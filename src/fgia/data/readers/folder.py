@@ -5,7 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fgia.data.readers.base import IMAGE_EXTENSIONS, DatasetError, cat_to_name, natural_key, register_reader
+from fgia.data.readers.base import (
+    IMAGE_EXTENSIONS,
+    DatasetError,
+    cat_to_name,
+    natural_key,
+    register_reader,
+)
 from fgia.data.samples import FineGrainedDataset, Sample
 
 log = logging.getLogger(__name__)
