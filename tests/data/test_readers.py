@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from fakes import save_mat, struct_array, write_image, write_lines
 
-from fgia.data import DatasetError, detect_format, list_formats, read_dataset, write_manifest
+from fgia.data import (
+    DatasetError,
+    detect_format,
+    list_formats,
+    read_dataset,
+    write_manifest,
+)
 from fgia.data.readers.manifest import read_manifest
 
 

@@ -11,7 +11,13 @@ from rich.console import Console
 from fgia.config import load_yaml, save_yaml
 from fgia.data import FineGrainedDataset, OsfgirSplit, Sample
 from fgia.data import OsfgirConfig as SplitConfig
-from fgia.eval.osfgir import OsfgirConfig, default_config, evaluate_osfgir, run_osfgir, split_by_category
+from fgia.eval.osfgir import (
+    OsfgirConfig,
+    default_config,
+    evaluate_osfgir,
+    run_osfgir,
+    split_by_category,
+)
 from fgia.retrieval.engine import STAGES, RetrievalEngine
 from fgia.retrieval.system import SelectionConfig, SystemConfig
 from fgia.runtime import output_kind
@@ -105,3 +111,26 @@ def test_evaluate_osfgir_runs_a_config_file_and_prints_tables(run, tmp_path):
     text = console.export_text()
     assert "Table 5: retrieval mAP" in text and "Table 6" in text and str(tmp_path / "out" / "report.html") in text
     assert [r["mAP"] for r in again.rows] == [r["mAP"] for r in report.rows]  # same config and seed: same numbers
+
+
+def test_baselines_rank_the_images_the_index_holds(run, tmp_path):
+    """The index skips repeated files (same content, another path); every method must rank what it holds."""
+    import shutil
+    from dataclasses import replace as dc_replace
+
+    from fgia.eval.osfgir import indexed_samples
+    from fgia.retrieval.engine import build_index
+
+    cfg, _ = run
+    database = OsfgirSplit.load(cfg.out_dir / "split").database
+    copy = tmp_path / "copy.png"
+    shutil.copyfile(database.samples[1].path, copy)
+    with_copy = dc_replace(database, samples=[*database.samples[:3], dc_replace(database.samples[1], path=copy),
+                                              *database.samples[3:]])
+    result = build_index(cfg.out_dir / "system", with_copy, tmp_path / "index", device="cpu")
+    assert result.duplicates == 1
+    engine = RetrievalEngine.load(tmp_path / "index", device="cpu")
+    rows = indexed_samples(engine, with_copy)
+    assert rows == [i for i in range(len(with_copy)) if i != 3]
+    assert [with_copy.samples[i].label for i in rows] == [with_copy.classes.index(engine.classes[label])
+                                                          if label >= 0 else -1 for label in engine.labels()]

@@ -8,7 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from fgia.index import FeatureStore, IndexConfig, IndexMismatchError, StoreRow, VectorIndex
+from fgia.index import (
+    FeatureStore,
+    IndexConfig,
+    IndexMismatchError,
+    StoreRow,
+    VectorIndex,
+)
 
 FINGERPRINT = {"model": "sha256:abc", "pca": "sha256:def", "dims": [8, 16]}
 

@@ -7,9 +7,14 @@ import shutil
 import numpy as np
 import pytest
 
-from fgia.data import ImageLoadError, load_image
+from fgia.data import load_image
 from fgia.index import IndexMismatchError
-from fgia.retrieval.engine import PIPELINES, STAGES, RetrievalEngine, build_index, search_files
+from fgia.retrieval.engine import (
+    PIPELINES,
+    STAGES,
+    RetrievalEngine,
+    build_index,
+)
 from fgia.retrieval.system import CLASSIFIER_FILE, CoarseClassifier
 
 
@@ -140,13 +145,3 @@ def test_append_equals_building_at_once(built, engine, tmp_path):
     assert appended.classes and set(appended.classes) == set(engine.classes)
     image = load_image(built.split.queries.samples[0].path)
     assert appended.search([image])[0].paths == engine.search([image])[0].paths
-
-
-def test_search_files_reads_paths_and_reports_bad_ones(built, tmp_path):
-    path = built.split.queries.samples[0].path
-    [result] = search_files(built.index_dir, [path], top_k=4, device="cpu")
-    assert len(result.ids) == 4
-    bad = tmp_path / "broken.jpg"
-    bad.write_bytes(b"not an image")
-    with pytest.raises(ImageLoadError):
-        search_files(built.index_dir, [bad], device="cpu")

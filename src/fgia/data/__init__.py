@@ -23,9 +23,6 @@ from fgia.data.torch_dataset import ImageDataset, SkippingLoader, make_loader
 from fgia.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    LITE_MEAN,
-    LITE_STD,
-    TransformConfig,
     build_transform,
 )
 
@@ -38,13 +35,10 @@ __all__ = [
     "IMAGENET_STD",
     "ImageDataset",
     "ImageLoadError",
-    "LITE_MEAN",
-    "LITE_STD",
     "OsfgirConfig",
     "OsfgirSplit",
     "Sample",
     "SkippingLoader",
-    "TransformConfig",
     "build_osfgir_split",
     "build_transform",
     "check_images",

@@ -165,7 +165,9 @@ def _run_osfgir(cfg: OsfgirConfig, out: Path, progress: bool, console: Console) 
              "trainable": _trainable(engine.system.models[UNIFIED])}
     rows = _pipeline_rows(engine, qf, query_labels, query_categories, latency, facts)
     console.log(f"single-stage baselines: {', '.join(cfg.baselines)}")
-    rows += _baseline_rows(cfg, split, qf.index, query_labels, query_categories, engine.labels(), facts)
+    indexed = [split.database.samples[i] for i in indexed_samples(engine, split.database)]
+    rows += _baseline_rows(cfg, split.auxiliary, [queries.samples[i] for i in qf.index], indexed, query_labels,
+                           query_categories, engine.labels(), facts)
     aux_embedding, aux_targets = load_aux_embeddings(system_dir)
     targets = np.array([engine.system.categories.index(c) for c in query_categories])
     conv = conv_feature(engine.system.models[UNIFIED], qf.unified)
@@ -242,9 +244,17 @@ def _trainable(model: Any) -> str:
 BASELINE_NAMES = {"plain": "plain-finetuned"}
 
 
+def indexed_samples(engine: RetrievalEngine, database: FineGrainedDataset) -> list[int]:
+    """Positions in `database` of the engine's images, in the engine's order: the index leaves out unreadable
+    images and repeated ones (the same file content under another path), and every method must rank the same
+    database."""
+    position = {Path(s.path).resolve(): i for i, s in enumerate(database.samples)}
+    return [position[engine.image_path(i).resolve()] for i in range(len(engine))]
+
+
 def _baseline_rows(
-    cfg: OsfgirConfig, split: OsfgirSplit, query_rows: np.ndarray, labels: np.ndarray, categories: list[str],
-    db_labels: np.ndarray, facts: dict[str, Any],
+    cfg: OsfgirConfig, auxiliary: FineGrainedDataset, query_samples: list[Sample], database: list[Sample],
+    labels: np.ndarray, categories: list[str], db_labels: np.ndarray, facts: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Single-stage baselines on the same split, backbone and frozen trunk (see `OsfgirConfig.baselines`),
     extracted in one shared pass; ms per query = that method's extraction per image alone + exact search."""
@@ -259,12 +269,11 @@ def _baseline_rows(
         device=sc.device, workers=sc.workers, model_kwargs={"plain": {"frozen_stages": frozen}},
         train_options=dict(sc.train_options),
     )
-    embedder = MethodEmbedder(split.auxiliary, methods_cfg)
-    query_samples = [split.queries.samples[i] for i in query_rows]
-    embedded = embedder.embed_all(cfg.baselines, query_samples, split.database.samples)
+    embedder = MethodEmbedder(auxiliary, methods_cfg)
+    embedded = embedder.embed_all(cfg.baselines, query_samples, database)
     rows = []
     for method, (q, db) in embedded.items():
-        if len(q.index) != len(query_samples) or len(db.index) != len(split.database):
+        if len(q.index) != len(query_samples) or len(db.index) != len(database):
             raise ValueError(f"{method}: images became unreadable during the run")
         ranking = knn(q.features, db.features, len(db.features))
         ms = _ms_per_image(embedder, method, query_samples[: cfg.timing_queries]) + _ms_search(q.features, db.features)

@@ -573,19 +573,6 @@ class RetrievalEngine:
         )
 
 
-def search_files(
-    index_dir: str | os.PathLike,
-    images: Sequence[str | os.PathLike],
-    top_k: int = 10,
-    pipeline: str = "c2f",
-    query_expansion: bool = False,
-    device: str = "auto",
-) -> list[SearchResult]:
-    """`fgia search`: load the index and answer each image file (an unreadable file raises ImageLoadError)."""
-    engine = RetrievalEngine.load(index_dir, device=device)
-    return engine.search([load_image(p) for p in images], top_k, pipeline, query_expansion)
-
-
 class StageTimer:
     """Wall-clock ms per stage (`STAGES`); stages a pipeline skips read 0."""
 
