@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from fgia.config import from_dict, to_dict
-from fgia.data.readers import DatasetError, read_dataset, write_manifest
+from fgia.data.compose import DatasetSpec, read_composite
+from fgia.data.readers import DatasetError, write_manifest
 from fgia.data.readers.manifest import read_manifest
 from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.runtime import atomic_write_text
@@ -220,11 +221,11 @@ def _cap(images: list[Sample], limit: int | None, rng: np.random.Generator) -> l
     return [images[i] for i in keep]
 
 
-SHARED_COMPOSITE = {"birds": "cub100", "cars": "stanford_cars", "flowers": "flowers102_partial"}
-"""Meta-category -> folder of the real-image composite in shared/data."""
+SHARED_COMPOSITE = [DatasetSpec("birds", Path("cub100")), DatasetSpec("cars", Path("stanford_cars")),
+                    DatasetSpec("flowers", Path("flowers102_partial"))]
+"""The shared real-image composite: each meta-category and its folder in shared/data."""
 
 
 def read_shared_composite(root: str | os.PathLike) -> dict[str, FineGrainedDataset]:
     """The shared real-image composite (cub100 as birds, stanford_cars as cars, flowers102_partial as flowers)."""
-    root = Path(root)
-    return {category: read_dataset(root / folder, category=category) for category, folder in SHARED_COMPOSITE.items()}
+    return read_composite(SHARED_COMPOSITE, root)

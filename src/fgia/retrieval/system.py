@@ -46,6 +46,7 @@ from rich.console import Console
 from sklearn.linear_model import LogisticRegression
 
 from fgia.config import load_yaml, save_yaml
+from fgia.data.compose import labelled_set
 from fgia.data.protocols import hold_out_classes
 from fgia.data.readers import DatasetError
 from fgia.data.samples import FineGrainedDataset, Sample
@@ -344,9 +345,11 @@ def train_system(
     console: Console | None = None,
 ) -> Path:
     """Train the whole system on the auxiliary set AD and save it in `out_dir` (see the module docstring);
-    returns `out_dir`."""
+    returns `out_dir`. Unlabelled images of AD are left out; an AD without meta-categories is one category (the
+    coarse stage then only narrows the search to the top-K, it routes nothing)."""
     console = console or Console(quiet=not progress)
     out = Path(out_dir)
+    auxiliary = labelled_set(auxiliary)
     categories = categories_of(auxiliary)
     _check_batch_size(auxiliary, cfg, categories)
     seed_everything(cfg.seed)
