@@ -319,14 +319,26 @@ def bench_real(
 # ----------------------------------------------------------------------------------------------- demo
 @app.command()
 def demo(
-    data: Path | None = typer.Option(None, help="a real dataset folder (default: generate the synthetic one)"),
+    data: Path | None = typer.Option(None, help="a real dataset folder (default: generate the synthetic one); with "
+                                     "--aux, the database to search: any folder tree of images, labels optional"),
+    aux: list[str] | None = typer.Option(None, "--aux", help="NAME=PATH: a labelled auxiliary set as meta-category "
+                                         "NAME (repeat to compose several); --data is then the database"),
     out: Path = typer.Option(DEFAULT_OUT / "demo", help="where data, models, index and report go"),
     config: Path | None = typer.Option(None, help="OsfgirConfig YAML (default: configs/demo.yaml values)"),
 ) -> None:
     """Generate data, train, index, evaluate, print the tables and write an HTML report."""
+    from fgia.data import parse_dataset_spec
     from fgia.eval.osfgir import run_demo
 
-    run_demo(data=data, out_dir=out, config=config)
+    if not aux:
+        run_demo(data=data, out_dir=out, config=config)
+        return
+    if data is None:
+        raise typer.BadParameter("--aux trains on labelled sets: give the database to search with --data")
+    specs = [parse_dataset_spec(a) for a in aux]
+    for spec in specs:
+        spec.path = spec.path.resolve()
+    run_demo(out_dir=out, config=config, database=data, datasets=specs)
 
 
 def main() -> None:
