@@ -133,7 +133,8 @@ def _auxiliary_set(data: Path | None, aux: list[str], category: str | None, conf
     from fgia.config import from_dict
     from fgia.data import DatasetSpec, labelled_set, merge_categories, parse_dataset_spec, read_composite, read_dataset
 
-    specs = [parse_dataset_spec(a) for a in aux] or [from_dict(DatasetSpec, d) for d in _yaml(config).get("datasets", [])]
+    specs = [parse_dataset_spec(a) for a in aux]
+    specs = specs or [from_dict(DatasetSpec, d) for d in _yaml(config).get("datasets", [])]
     if (data is None) == (not specs):
         raise typer.BadParameter("give the auxiliary set as DATA, or as --aux NAME=PATH (or a config's `datasets:`), "
                                  "not both and not neither")

@@ -2,7 +2,8 @@
 
 On a terminal: a rich bar per task (batches done of total, images/s, the task's numbers such as the loss, ETA),
 removed when the task ends. Elsewhere (a log file, CI, a pipe): one plain line every `lines`-th of a task (of at
-least `lines` batches) and at its end, so a log shows the run moving without a line per batch. Disabled (`--quiet`): nothing.
+least `lines` batches) and at its end, so a log shows the run moving without a line per batch. Disabled
+(`--quiet`): nothing.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 import yaml
+from test_cli import run_cli  # tests/cli is on sys.path (pytest's rootdir-relative imports)
 
 from fgia.data import read_dataset
-from test_cli import run_cli  # tests/cli is on sys.path (pytest rootdir-relative imports)
 
 TINY = {"backbone": "test_efficientnet", "image_size": 48, "epochs": 1, "batch_size": 8, "head_dim": 16,
         "coarse_dim": 4, "part_dim": 8, "top_k": 12, "classifier_dims": [2, 0], "device": "cpu",

@@ -12,8 +12,8 @@ from fgia.data.protocols import (
     read_shared_composite,
     zero_shot_split,
 )
-from fgia.data.readers.unlabelled import ImageScan, scan_images
 from fgia.data.readers import DatasetError, detect_format, list_formats, read_dataset, write_manifest
+from fgia.data.readers.unlabelled import ImageScan, scan_images
 from fgia.data.samples import BBox, FineGrainedDataset, Sample
 from fgia.data.torch_dataset import ImageDataset, SkippingLoader, make_loader
 from fgia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, TransformConfig, build_transform

@@ -461,8 +461,8 @@ def real_bench_payload(report: OsfgirReport, cfg: OsfgirConfig, shared: Path) ->
 def _whole_composite_counts(cfg: OsfgirConfig, shared: Path) -> dict[str, int]:
     """Database and query sizes of this split drawn over every image of the composite (the targets' reference)."""
     s = cfg.split
-    split = build_osfgir_split(read_composite(cfg.datasets or SHARED_COMPOSITE, shared), s.aux_fraction, s.query_fraction, s.queries_per_class,
-                               None, cfg.seed, None)
+    split = build_osfgir_split(read_composite(cfg.datasets or SHARED_COMPOSITE, shared), s.aux_fraction,
+                               s.query_fraction, s.queries_per_class, None, cfg.seed, None)
     return {"database": len(split.database), "queries": len(split.queries)}
 
 

@@ -84,7 +84,8 @@ def export_system(system: System | str | os.PathLike, out_dir: str | os.PathLike
                               "or pass --force")
     out.mkdir(parents=True, exist_ok=True)
     cfg = system.config
-    graph = ExtractionGraph(system.group, cfg.flip, cfg.image_size).to("cpu", memory_format=torch.contiguous_format).eval()
+    graph = ExtractionGraph(system.group, cfg.flip, cfg.image_size)
+    graph = graph.to("cpu", memory_format=torch.contiguous_format).eval()
     example = torch.zeros(2, 3, cfg.image_size, cfg.image_size)
     batch = torch.export.Dim("batch", min=1)
     path = out / FORMATS[fmt]
