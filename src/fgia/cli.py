@@ -103,7 +103,8 @@ def train(
                                         "the data has none)"),
     out: Path = typer.Option(DEFAULT_OUT / "system", help="system folder to write"),
     config: Path | None = typer.Option(None, help="SystemConfig YAML, or a run config with a `system:` section "
-                                       "and optionally a `datasets:` list of {category, path[, format]}"),
+                                       "and optionally a `datasets:` list of {category, path[, format]} (paths "
+                                       "relative to the current folder)"),
     backbone: str | None = typer.Option(None, help="timm backbone name (default: the one the weights fit)"),
     weights: str | None = typer.Option(None, help="'hub', a .pth/.safetensors file, or efficientnet-lite0/1/2"),
     epochs: int | None = typer.Option(None),

@@ -52,7 +52,8 @@ class BatchProgress:
                  numbers: tuple[str, ...] = ()) -> None:
         self.console = console or Console(stderr=True)
         self.enabled = enabled
-        self.terminal = enabled and self.console.is_terminal and not self.console.is_dumb_terminal
+        live = (self.console.is_terminal and not self.console.is_dumb_terminal) or self.console.is_jupyter
+        self.terminal = enabled and live
         self.lines = max(1, lines)
         self.tasks: dict[int, _Task] = {}
         shown = " ".join(f"{k} {{task.fields[{k}]:.3f}}" for k in numbers)
