@@ -1,4 +1,4 @@
-"""The `fgia` command: datasets, synth, train, index, search, eval, serve, bench, demo.
+"""The `fgia` command: datasets, synth, train, index, search, eval, serve, export, bench, demo.
 
 Each sub-command is a thin layer over the Python API; heavy imports happen inside the commands so
 `fgia --help` stays fast. Expected failures (bad paths, unreadable data, mismatched index) print one line
@@ -114,42 +114,85 @@ def synth(
 # ----------------------------------------------------------------------------------------------- train
 @app.command()
 def train(
-    data: Path = typer.Argument(..., help="auxiliary set: dataset folder or manifest (samples need a category)"),
+    data: Path | None = typer.Argument(None, help="auxiliary set: a labelled dataset folder or manifest CSV"),
+    aux: list[str] | None = typer.Option(None, "--aux", help="NAME=PATH: a labelled dataset as meta-category NAME; "
+                                         "repeat to compose several (instead of DATA)"),
+    category: str | None = typer.Option(None, help="meta-category name for DATA (default: its folder name when "
+                                        "the data has none)"),
     out: Path = typer.Option(DEFAULT_OUT / "system", help="system folder to write"),
-    config: Path | None = typer.Option(None, help="SystemConfig YAML, or a run config with a `system:` section"),
-    backbone: str | None = typer.Option(None, help="timm backbone name"),
+    config: Path | None = typer.Option(None, help="SystemConfig YAML, or a run config with a `system:` section "
+                                       "and optionally a `datasets:` list of {category, path[, format]} (paths "
+                                       "relative to the current folder)"),
+    backbone: str | None = typer.Option(None, help="timm backbone name (default: the one the weights fit)"),
     weights: str | None = typer.Option(None, help="'hub', a .pth/.safetensors file, or efficientnet-lite0/1/2"),
     epochs: int | None = typer.Option(None),
     image_size: int | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None, help="lower it for a small auxiliary set"),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 ..."),
     force: bool = typer.Option(False, "--force", help=f"{FORCE_HELP}; indexes built with a replaced system "
                                "stop loading"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or log lines"),
 ) -> None:
-    """Train an OSFGIR system on an auxiliary set: unified + per-category CN-Nets, PCAs, coarse classifier.
+    """Train an OSFGIR system on an auxiliary set: unified (+ per-category) CN-Nets, PCAs, coarse classifier.
 
-    To train a single model from a TrainConfig YAML (also under torchrun), use `python -m fgia.train`.
+    One labelled set without meta-categories trains a one-category system; `--aux birds=cub/ --aux cars=cars/`
+    (or a config's `datasets:` list) composes labelled sets into meta-categories. To train a single model from a
+    TrainConfig YAML (also under torchrun), use `python -m fgia.train`.
     """
-    from fgia.data import read_dataset
     from fgia.retrieval.system import train_system
 
     cfg = _system_config(config, backbone=backbone, weights=weights, epochs=epochs, image_size=image_size,
-                         device=device)
-    system_dir = train_system(read_dataset(data), cfg, out, force=force)
+                         batch_size=batch_size, device=device)
+    auxiliary = _auxiliary_set(data, aux or [], category, config)
+    system_dir = train_system(auxiliary, cfg, out, progress=not quiet, force=force)
     console.print(f"system written to {system_dir}")
 
 
-def _system_config(path: Path | None, **overrides):
-    """A SystemConfig from YAML (a whole run config such as configs/demo.yaml gives its `system:` section)."""
+def _auxiliary_set(data: Path | None, aux: list[str], category: str | None, config: Path | None):
+    """The labelled set to train on: DATA (tagged `category`), or the composite of `--aux` / the config's
+    `datasets:`."""
+    from fgia.config import from_dict
+    from fgia.data import (
+        DatasetSpec,
+        labelled_set,
+        merge_categories,
+        parse_dataset_spec,
+        read_composite,
+        read_dataset,
+    )
+
+    specs = [parse_dataset_spec(a) for a in aux]
+    specs = specs or [from_dict(DatasetSpec, d) for d in _yaml(config).get("datasets", [])]
+    if (data is None) == (not specs):
+        raise typer.BadParameter("give the auxiliary set as DATA, or as --aux NAME=PATH (or a config's `datasets:`), "
+                                 "not both and not neither")
+    if specs:
+        if category is not None:
+            raise typer.BadParameter("--category names DATA's meta-category; with --aux, NAME is the category")
+        return merge_categories(read_composite(specs))
+    return labelled_set(read_dataset(data, category=category), category or data.resolve().stem)
+
+
+def _yaml(path: Path | None) -> dict:
     import yaml
+
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path is not None else {}
+
+
+def _system_config(path: Path | None, **overrides):
+    """A SystemConfig from YAML (a whole run config such as configs/demo.yaml gives its `system:` section);
+    efficientnet-liteN weights choose their backbone unless one is given."""
+    import re
 
     from fgia.config import from_dict
     from fgia.retrieval.system import SystemConfig
 
-    data = {}
-    if path is not None:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        data = data.get("system", data)
+    data = _yaml(path)
+    data = dict(data.get("system", {} if "datasets" in data else data))
     data.update({k: v for k, v in overrides.items() if v is not None})
+    lite = re.fullmatch(r"efficientnet-lite(\d)", str(data.get("weights")))
+    if lite and "backbone" not in data:
+        data["backbone"] = f"tf_efficientnet_lite{lite.group(1)}"
     return from_dict(SystemConfig, data)
 
 
@@ -157,20 +200,28 @@ def _system_config(path: Path | None, **overrides):
 @index_app.command("build")
 def index(
     system: Path = typer.Argument(..., help="system folder written by `fgia train`"),
-    data: Path = typer.Argument(..., help="database images: dataset folder or manifest (labels optional)"),
+    data: Path = typer.Argument(..., help="database images: any folder tree of images (unlabelled), or a labelled "
+                                "dataset folder or manifest"),
     out: Path = typer.Option(DEFAULT_OUT / "index", help="index folder"),
     append: bool = typer.Option(False, "--append", help="add to an existing index built with the same system "
                                 "(images already in it are skipped)"),
     factory: str = typer.Option("Flat", help="FAISS factory string for the coarse index, e.g. Flat, HNSW32"),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    fmt: str = typer.Option("auto", "--format", help="layout name (`fgia datasets list`); `images` reads class "
+                            "folders as plain folders, without labels"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Extract and store every stage's features of a database, then index them (the default sub-command)."""
     from fgia.data import read_dataset
     from fgia.retrieval.engine import build_index
 
-    result = build_index(system, read_dataset(data), out, append=append, factory=factory, force=force)
+    database = read_dataset(data, fmt)
+    result = build_index(system, database, out, append=append, factory=factory, force=force, progress=not quiet)
+    labelled = sum(s.label >= 0 for s in database.samples)
     console.print(f"index {result.index_dir}: added {result.added} images ({result.skipped} unreadable, "
-                  f"{result.duplicates} already indexed skipped), {result.total} in total", soft_wrap=True)
+                  f"{result.duplicates} already indexed skipped), {result.total} in total; "
+                  + (f"{labelled} labelled" if labelled else
+                     "unlabelled: search works, mAP and R@K evaluation need labels"), soft_wrap=True)
 
 
 @index_app.command("verify")
@@ -265,6 +316,22 @@ def serve(
     run(index_dir, host=host, port=port, device=device, verify=verify)
 
 
+# ----------------------------------------------------------------------------------------------- export
+@app.command()
+def export(
+    system: Path = typer.Argument(..., help="system folder written by `fgia train`"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (for onnxruntime and others) or torch (torch.export)"),
+    out: Path = typer.Option(DEFAULT_OUT / "export", help="export folder (outside the system folder)"),
+    force: bool = typer.Option(False, "--force", help="write into a non-empty folder that holds no export"),
+) -> None:
+    """Export the system's extraction networks (shared trunk + every model, one graph) with an export.json that
+    says how to preprocess images and what each output is."""
+    from fgia.retrieval.export import export_system
+
+    result = export_system(system, out, fmt, force=force)
+    console.print(f"exported {result.graph} (described in {result.manifest})")
+
+
 # ----------------------------------------------------------------------------------------------- bench
 @bench_app.command("methods")
 def bench_methods(
@@ -301,15 +368,27 @@ def bench_real(
 # ----------------------------------------------------------------------------------------------- demo
 @app.command()
 def demo(
-    data: Path | None = typer.Option(None, help="a real dataset folder (default: generate the synthetic one)"),
+    data: Path | None = typer.Option(None, help="a real dataset folder (default: generate the synthetic one); with "
+                                     "--aux, the database to search: any folder tree of images, labels optional"),
+    aux: list[str] | None = typer.Option(None, "--aux", help="NAME=PATH: a labelled auxiliary set as meta-category "
+                                         "NAME (repeat to compose several); --data is then the database"),
     out: Path = typer.Option(DEFAULT_OUT / "demo", help="where data, models, index and report go"),
     config: Path | None = typer.Option(None, help="OsfgirConfig YAML (default: configs/demo.yaml values)"),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Generate data, train, index, evaluate, print the tables and write an HTML report."""
+    from fgia.data import parse_dataset_spec
     from fgia.eval.osfgir import run_demo
 
-    run_demo(data=data, out_dir=out, config=config, force=force)
+    if not aux:
+        run_demo(data=data, out_dir=out, config=config, force=force)
+        return
+    if data is None:
+        raise typer.BadParameter("--aux trains on labelled sets: give the database to search with --data")
+    specs = [parse_dataset_spec(a) for a in aux]
+    for spec in specs:
+        spec.path = spec.path.resolve()
+    run_demo(out_dir=out, config=config, database=data, datasets=specs, force=force)
 
 
 class _NoticeHandler(logging.Handler):

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from fgia.config import load_yaml, save_yaml
-from fgia.data import FineGrainedDataset, OsfgirSplit, Sample
+from fgia.data import DatasetError, FineGrainedDataset, OsfgirSplit, Sample
 from fgia.data import OsfgirConfig as SplitConfig
 from fgia.eval.osfgir import (
     OsfgirConfig,
@@ -81,12 +81,19 @@ def test_packaged_configs_load(name):
         default_config("nope.yaml")
 
 
-def test_split_by_category_needs_categories(tmp_path):
+def test_split_by_category(tmp_path):
     samples = [Sample(tmp_path / "a.jpg", 0, category="birds"), Sample(tmp_path / "b.jpg", -1, category="x")]
     per_category, distractors = split_by_category(FineGrainedDataset("d", tmp_path, ["sp"], samples))
     assert list(per_category) == ["birds"] and len(distractors) == 1
+    # a set without meta-categories is one category named after its folder
+    root = tmp_path / "museum_birds"
+    per_category, distractors = split_by_category(FineGrainedDataset("d", root, ["sp"], [Sample(root / "a.jpg", 0)]))
+    assert list(per_category) == ["museum_birds"] and distractors is None
+    mixed = [Sample(root / "a.jpg", 0, category="birds"), Sample(root / "b.jpg", 0)]
     with pytest.raises(ValueError, match="no meta-category"):
-        split_by_category(FineGrainedDataset("d", tmp_path, ["sp"], [Sample(tmp_path / "a.jpg", 0)]))
+        split_by_category(FineGrainedDataset("d", root, ["sp"], mixed))
+    with pytest.raises(DatasetError, match="no labelled images"):
+        split_by_category(FineGrainedDataset("d", root, ["sp"], [Sample(root / "a.jpg", -1)]))
 
 
 def test_coarse_row_matches_a_hand_computed_map(run):

@@ -70,7 +70,7 @@ print("COUNT", len(FeatureStore.open({str(disk / 'store')!r}, device="cpu", veri
 @needs_small_disk
 def test_index_on_a_full_disk_is_one_line_and_leaves_nothing(tiny_system, tiny_synth, tmp_path):
     disk = tmp_path / "disk"
-    command = (f"{sys.executable} -m fgia.cli index {tiny_system} {tiny_synth} --out {disk / 'index'} "
+    command = (f"{sys.executable} -m fgia.cli index {tiny_system} {tiny_synth} --quiet --out {disk / 'index'} "
                f"2>{tmp_path / 'err.txt'}")
     result = on_small_disk(disk, 64, command)
     assert result.returncode == 1, result.stderr

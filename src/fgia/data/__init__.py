@@ -1,5 +1,12 @@
 """Data layer: samples, dataset readers, robust image loading, transforms, torch loading, protocols, inspection."""
 
+from fgia.data.compose import (
+    DatasetSpec,
+    labelled_set,
+    merge_categories,
+    parse_dataset_spec,
+    read_composite,
+)
 from fgia.data.images import ImageLoadError, check_images, load_image
 from fgia.data.inspect import DatasetReport, inspect_dataset, inspect_path
 from fgia.data.protocols import (
@@ -18,6 +25,7 @@ from fgia.data.readers import (
     read_dataset,
     write_manifest,
 )
+from fgia.data.readers.unlabelled import ImageScan, scan_images
 from fgia.data.samples import BBox, FineGrainedDataset, Sample
 from fgia.data.torch_dataset import ImageDataset, SkippingLoader, make_loader
 from fgia.data.transforms import (
@@ -30,6 +38,8 @@ __all__ = [
     "BBox",
     "DatasetError",
     "DatasetReport",
+    "DatasetSpec",
+    "ImageScan",
     "FineGrainedDataset",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -45,6 +55,11 @@ __all__ = [
     "detect_format",
     "inspect_dataset",
     "inspect_path",
+    "labelled_set",
+    "merge_categories",
+    "parse_dataset_spec",
+    "read_composite",
+    "scan_images",
     "list_formats",
     "load_image",
     "make_loader",

@@ -21,15 +21,18 @@ from rich.console import Console
 
 from fgia.config import load_yaml, save_yaml, to_dict
 from fgia.data import (
+    DatasetSpec,
     FineGrainedDataset,
     OsfgirSplit,
     build_osfgir_split,
     load_image,
+    read_composite,
     read_dataset,
-    read_shared_composite,
 )
 from fgia.data import OsfgirConfig as SplitConfig
-from fgia.data.protocols import SHARED_COMPOSITE
+from fgia.data.compose import default_category
+from fgia.data.protocols import SHARED_COMPOSITE, database_split
+from fgia.data.readers import ACCEPTED, DatasetError
 from fgia.data.samples import Sample
 from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.eval.methods import MethodEmbedder, MethodsConfig, parse_method
@@ -72,16 +75,22 @@ OSFGIR_KIND = "osfgir run"
 class OsfgirConfig:
     """One OSFGIR run.
 
-    Data: `data` is a dataset folder/manifest whose samples carry a meta-category (e.g. `fgia synth` output),
-    or a folder laid out like the shared real-image composite (cub100/, stanford_cars/, flowers102_partial/);
-    with no `data`, the synthetic benchmark `synth` is generated into `out_dir/data`. Unlabelled images of
-    the data (distractors) join the database. `baselines` are single-stage methods on the same split and
+    Data: `datasets` composes labelled sets into meta-categories ({category, path[, format]}; relative paths
+    from `data`); else `data` is a labelled dataset folder/manifest (its samples' meta-categories, or one
+    category when they have none; e.g. `fgia synth` output), or a folder laid out like the shared real-image
+    composite (cub100/, stanford_cars/, flowers102_partial/); with neither, the synthetic benchmark `synth` is
+    generated into `out_dir/data`. Unlabelled images of the data (distractors) join the database. With
+    `database` (a user's own images, any folder tree, labels optional), every labelled species trains and the
+    database is searched instead, its queries drawn from it (`database_split`); metrics that need labels are
+    left empty when it has none. `baselines` are single-stage methods on the same split and
     backbone, named as in `fgia bench methods` ("gap-offtheshelf", "scda-offtheshelf", "plain" = the plain
     backbone fine-tuned on AD, ...); `baseline_weights` initialise them (default: the system's `weights`).
     `timing_queries` single-query searches feed Table 6; the first `examples` of them go to the HTML report.
     """
 
     data: Path | None = None
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    database: Path | None = None
     synth: SynthConfig = field(default_factory=SynthConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
@@ -96,20 +105,30 @@ class OsfgirConfig:
 
 def load_datasets(cfg: OsfgirConfig, progress: bool = True) -> tuple[dict[str, FineGrainedDataset], FineGrainedDataset | None]:
     """({meta-category: labelled dataset}, unlabelled distractors or None) for the configured data source."""
+    if cfg.datasets:
+        return read_composite(cfg.datasets, cfg.data), None
     if cfg.data is None:
         manifest = generate_benchmark(cfg.synth, Path(cfg.out_dir) / "data", progress=progress)
         return split_by_category(read_dataset(manifest))
     root = Path(cfg.data)
     if not root.exists():
         raise FileNotFoundError(f"data folder not found: {root}")
-    if root.is_dir() and any((root / folder).is_dir() for folder in SHARED_COMPOSITE.values()):
-        return read_shared_composite(root), None
+    if root.is_dir() and any((root / spec.path).is_dir() for spec in SHARED_COMPOSITE):
+        return read_composite(SHARED_COMPOSITE, root), None
     return split_by_category(read_dataset(root))
 
 
 def split_by_category(ds: FineGrainedDataset) -> tuple[dict[str, FineGrainedDataset], FineGrainedDataset | None]:
-    """Labelled samples per meta-category, and the unlabelled ones (None when there are none)."""
+    """Labelled samples per meta-category (one category, named after the data's folder, when no sample has
+    one), and the unlabelled ones (None when there are none)."""
     labelled = [s for s in ds.samples if s.label >= 0]
+    if not labelled:
+        raise DatasetError(f"{ds.root} has no labelled images: it is a database. Train on labelled auxiliary sets "
+                           f"(`fgia demo --data DATABASE --aux NAME=PATH`, a config's `datasets:`). {ACCEPTED}")
+    if all(s.category is None for s in labelled):
+        name = default_category(ds)
+        ds = replace(ds, samples=[replace(s, category=name) if s.label >= 0 else s for s in ds.samples])
+        labelled = [s for s in ds.samples if s.label >= 0]
     missing = [s.path for s in labelled if not s.category]
     if missing:
         raise ValueError(
@@ -139,8 +158,11 @@ def _run_osfgir(cfg: OsfgirConfig, out: Path, progress: bool, console: Console) 
     console.log("data and split")
     datasets, distractors = load_datasets(replace(cfg, out_dir=out), progress)
     s = cfg.split
-    split = build_osfgir_split(datasets, s.aux_fraction, s.query_fraction, s.queries_per_class, distractors,
-                               cfg.seed, s.max_images_per_class)
+    if cfg.database is not None:
+        split = database_split(datasets, read_dataset(cfg.database), s.query_fraction, cfg.seed)
+    else:
+        split = build_osfgir_split(datasets, s.aux_fraction, s.query_fraction, s.queries_per_class, distractors,
+                                   cfg.seed, s.max_images_per_class)
     split.save(out / "split")
     console.log(f"training the system on {len(split.auxiliary)} auxiliary images")
     system_dir = train_system(split.auxiliary, cfg.system, out / "system", progress=progress, console=console)
@@ -168,10 +190,13 @@ def _run_osfgir(cfg: OsfgirConfig, out: Path, progress: bool, console: Console) 
     indexed = [split.database.samples[i] for i in indexed_samples(engine, split.database)]
     rows += _baseline_rows(cfg, split.auxiliary, [queries.samples[i] for i in qf.index], indexed, query_labels,
                            query_categories, engine.labels(), facts)
-    aux_embedding, aux_targets = load_aux_embeddings(system_dir)
-    targets = np.array([engine.system.categories.index(c) for c in query_categories])
-    conv = conv_feature(engine.system.models[UNIFIED], qf.unified)
-    classifier = coarse_accuracy_table(aux_embedding, aux_targets, conv, targets, cfg.system.classifier_dims, cfg.seed)
+    classifier = {}  # it needs the queries' meta-categories, which a user's own database does not have
+    if all(c in engine.system.categories for c in query_categories):
+        aux_embedding, aux_targets = load_aux_embeddings(system_dir)
+        targets = np.array([engine.system.categories.index(c) for c in query_categories])
+        conv = conv_feature(engine.system.models[UNIFIED], qf.unified)
+        classifier = coarse_accuracy_table(aux_embedding, aux_targets, conv, targets, cfg.system.classifier_dims,
+                                           cfg.seed)
     report = OsfgirReport(
         config=to_dict(cfg),
         seed=cfg.seed,
@@ -228,7 +253,13 @@ def supported_rows(engine: RetrievalEngine) -> dict[str, tuple[Pipeline, bool, s
 
 def _group_scores(ranked_ids: np.ndarray, labels: np.ndarray, categories: list[str],
                   db_labels: np.ndarray) -> dict[str, Any]:
-    """mAP and R@1 over all queries, and mAP per query meta-category, from full rankings of database ids."""
+    """mAP and R@1 over the labelled queries, and mAP per query meta-category, from full rankings of database ids
+    (None without labelled queries: these metrics need labels)."""
+    labelled = labels >= 0
+    if not labelled.any():
+        return {"mAP": None, "R@1": None, "per_category": {}}
+    ranked_ids, labels = ranked_ids[labelled], labels[labelled]
+    categories = [str(c) for c, keep in zip(categories, labelled) if keep]
     cats = np.array(categories)
     per_category = {c: evaluate_rankings(ranked_ids[cats == c], labels[cats == c], db_labels, ks=(1,))["mAP"]
                     for c in sorted(set(categories))}
@@ -322,9 +353,10 @@ def _timed_queries(
     }
     examples = []
     for s, r in zip(samples[:n_examples], results):
-        name = queries.classes[s.label]
+        name = queries.classes[s.label] if s.label >= 0 else None
         labels = r.labels or [None] * len(r.ids)
-        hits = [Hit(path=p, distance=d, correct=lab == name) for p, d, lab in zip(r.paths, r.distances, labels)]
+        hits = [Hit(path=p, distance=d, correct=None if name is None else lab == name)
+                for p, d, lab in zip(r.paths, r.distances, labels)]
         examples.append(QueryExample(str(s.path), name, s.category or "", r.category, hits))
     return latency, timings, examples
 
@@ -458,8 +490,8 @@ def real_bench_payload(report: OsfgirReport, cfg: OsfgirConfig, shared: Path) ->
 def _whole_composite_counts(cfg: OsfgirConfig, shared: Path) -> dict[str, int]:
     """Database and query sizes of this split drawn over every image of the composite (the targets' reference)."""
     s = cfg.split
-    split = build_osfgir_split(read_shared_composite(shared), s.aux_fraction, s.query_fraction, s.queries_per_class,
-                               None, cfg.seed, None)
+    split = build_osfgir_split(read_composite(cfg.datasets or SHARED_COMPOSITE, shared), s.aux_fraction,
+                               s.query_fraction, s.queries_per_class, None, cfg.seed, None)
     return {"database": len(split.database), "queries": len(split.queries)}
 
 

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
-from rich.progress import track
 from torch import Tensor
 from torch.utils.data import default_collate
 from torchvision.ops import roi_align
@@ -33,6 +32,7 @@ from fgia.data.torch_dataset import make_loader
 from fgia.models.frozen import lower_and_top, module_digest
 from fgia.models.output import ModelOutput
 from fgia.models.regions import region_boxes, scale_boxes
+from fgia.progress import track_batches
 from fgia.runtime import pick_device
 
 
@@ -274,7 +274,7 @@ def extract_models(
     loader = make_loader(samples, ResizeWithOriginalSize(image_size, _zoom_size(image_size, regions, region_zoom)),
                          batch_size, workers=workers)
     parts: list[tuple[dict[str, BatchFeatures], Tensor, Tensor]] = []
-    batches = track(loader, description="extracting features") if progress else loader
+    batches = track_batches(loader, "extracting features", enabled=progress)
     for batch, _, indices in batches:
         feats = featurize_batch(group, *_normalised(batch, dev, mean, std), regions=regions, threshold=threshold,
                                 min_area=min_area, keep_maps=keep_maps, flip=flip, region_from=region_from)

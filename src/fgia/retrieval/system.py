@@ -47,6 +47,7 @@ from rich.console import Console
 from sklearn.linear_model import LogisticRegression
 
 from fgia.config import load_yaml, save_yaml
+from fgia.data.compose import labelled_set
 from fgia.data.protocols import hold_out_classes
 from fgia.data.readers import DatasetError
 from fgia.data.samples import FineGrainedDataset, Sample
@@ -359,11 +360,12 @@ def train_system(
     console: Console | None = None, force: bool = False,
 ) -> Path:
     """Train the whole system on the auxiliary set AD and save it in `out_dir` (see the module docstring);
-    returns `out_dir`. The system is written beside `out_dir` and moved into place when complete; an existing
-    system (whose indexes would stop loading) or a non-empty folder is refused unless `force` (see
-    `fgia.runtime.output_folder`)."""
+    returns `out_dir`. Unlabelled images of AD are left out; an AD without meta-categories is one category (the
+    coarse stage then only narrows the search to the top-K, it routes nothing). The system is written beside
+    `out_dir` and moved into place when complete; an existing system (whose indexes would stop loading) or a
+    non-empty folder is refused unless `force` (see `fgia.runtime.output_folder`)."""
     with output_folder(out_dir, SYSTEM_KIND, force=force, replace_own=False) as out:
-        _train_system(auxiliary, cfg, out, progress, console or Console(quiet=not progress))
+        _train_system(labelled_set(auxiliary), cfg, out, progress, console or Console(quiet=not progress))
     return Path(out_dir)
 
 

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from rich.progress import track
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
@@ -35,6 +34,7 @@ from torchvision.transforms import v2
 from fgia.data.samples import Sample
 from fgia.data.torch_dataset import make_loader
 from fgia.models.frozen import module_digest
+from fgia.progress import track_batches
 from fgia.runtime import atomic_path, atomic_write_text
 
 VIEWS = ("resize", "hflip", "crop", "crop-hflip")
@@ -194,7 +194,7 @@ def _build(lower: nn.Module, samples: Sequence[Sample], key: str, views: tuple[s
         if tmp is not None:
             maps = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
         row = 0
-        batches = track(loader, description="caching the frozen trunk") if progress else loader
+        batches = track_batches(loader, "caching the frozen trunk", enabled=progress)
         for images, _, indices in batches:
             x = v2.functional.normalize(v2.functional.to_dtype(images.to(device), torch.float32, scale=True),
                                         list(mean), list(std))

@@ -16,13 +16,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
 from timm.optim import create_optimizer_v2
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
@@ -34,6 +27,7 @@ from fgia.data.samples import FineGrainedDataset
 from fgia.metrics import mean_per_class_accuracy, topk_accuracy
 from fgia.models import create_model, save_model
 from fgia.models.output import ModelOutput
+from fgia.progress import BatchProgress
 from fgia.runtime import atomic_path, atomic_write_text, pick_device, seed_everything
 from fgia.train.cache import trunk_cache
 from fgia.train.config import TrainConfig
@@ -273,7 +267,7 @@ class _Trainer:
         self.console.print(f"resumed from {path} after epoch {self.start_epoch}")
 
     # ------------------------------------------------------------------------------------------ training
-    def train_epoch(self, epoch: int, bar: Progress) -> dict[str, float]:
+    def train_epoch(self, epoch: int, bar: BatchProgress) -> dict[str, float]:
         """One pass over the loader; loss and accuracy are averaged over every rank's images."""
         self.step.train()
         if self.cfg.freeze_backbone_bn:
@@ -303,7 +297,7 @@ class _Trainer:
             if logits is not None:
                 correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
-            bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
+            bar.update(task, images=len(labels), loss=loss_sum / seen, acc=correct / seen)
         bar.remove_task(task)
         loss_sum, correct, seen = all_reduce_sum(self.ctx, [loss_sum, correct, seen])
         return {"loss": loss_sum / seen, "train_top1": correct / seen, "lr": max(self.scheduler.get_last_lr()),
@@ -320,9 +314,7 @@ class _Trainer:
         cfg = self.cfg
         if cfg.resume:
             self.restore()
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"), TimeRemainingColumn())
-        with Progress(*columns, console=self.console, disable=not self.show, transient=True) as bar:
+        with BatchProgress(self.console, enabled=self.show, numbers=("loss", "acc")) as bar:
             for epoch in range(self.start_epoch, cfg.epochs):
                 record: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch, bar)}
                 last = epoch + 1 == cfg.epochs
