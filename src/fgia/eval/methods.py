@@ -89,8 +89,9 @@ class MethodsConfig:
                                  "cnnets": {"head_dim": 256}})
     loss_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     descriptor_kwargs: dict[str, dict[str, Any]] = field(default_factory=lambda: {"vlad": {"clusters": 8}})
-    train_options: dict[str, Any] = field(default_factory=dict)  # any other TrainConfig field
+    train_options: dict[str, Any] = field(default_factory=dict)  # any TrainConfig field (over the above)
     aliases: dict[str, str] = field(default_factory=dict)  # method name -> the registered model it varies
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> TrainConfig overrides
     synth: SynthConfig = field(default_factory=SynthConfig)  # the benchmark generated when no dataset is given
 
     def __post_init__(self) -> None:
@@ -180,6 +181,7 @@ class MethodEmbedder:
         else:
             self.fit_set, self.val_set = holdout_split(auxiliary, cfg.holdout_every)
         self.trained: dict[str, tuple[nn.Module, float]] = {}
+        self.train_configs: dict[str, TrainConfig] = {}
         self._offtheshelf: nn.Module | None = None
         self.extract = {"image_size": cfg.image_size, "batch_size": cfg.batch_size, "workers": cfg.workers,
                         "device": cfg.device}
@@ -196,14 +198,15 @@ class MethodEmbedder:
             loss = method if method in METRIC_LOSSES else "ce"
             options = {**cfg.model_kwargs.get(model, {}), **(cfg.model_kwargs.get(method, {}) if method in
                                                               cfg.aliases else {})}
-            train_cfg = TrainConfig(
+            fields = dict(
                 model=model, model_kwargs={"backbone": cfg.backbone, "weights": cfg.weights, **options},
                 image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                 backbone_lr_scale=cfg.backbone_lr_scale, optimizer=cfg.optimizer,
                 label_smoothing=cfg.label_smoothing, warmup_epochs=min(1.0, cfg.epochs), loss=loss,
                 pk_images=cfg.pk_images if method in METRIC_LOSSES else 0,
-                loss_kwargs=cfg.loss_kwargs.get(loss, {}), seed=cfg.seed, workers=cfg.workers, device=cfg.device,
-                **cfg.train_options)
+                loss_kwargs=cfg.loss_kwargs.get(loss, {}), seed=cfg.seed, workers=cfg.workers, device=cfg.device)
+            train_cfg = TrainConfig(**{**fields, **cfg.train_options, **cfg.method_options.get(method, {})})
+            self.train_configs[method] = train_cfg
             start = time.perf_counter()
             result = fit(train_cfg, self.fit_set, None, progress=False)
             self.trained[method] = (result.model, time.perf_counter() - start)
@@ -270,7 +273,7 @@ class MethodEmbedder:
                   samples: Sequence[Sample]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Each model's raw features of `samples` and which samples they are: from the cache for the models it
         serves, from one shared pass over the images for the others."""
-        cached = {name: model for name, model in models.items() if self._cache_serves(model, samples)}
+        cached = {name: model for name, model in models.items() if self.cache_serves(model, samples)}
         out = {}
         if cached:
             index = np.array([i for i, s in enumerate(samples) if str(s.path) in self.cache.rows], dtype=np.int64)
@@ -284,7 +287,7 @@ class MethodEmbedder:
             out.update({name: (fs.image, fs.index) for name, fs in feats.items()})
         return {name: out[name] for name in models}
 
-    def _cache_serves(self, model: nn.Module, samples: Sequence[Sample]) -> bool:
+    def cache_serves(self, model: nn.Module, samples: Sequence[Sample]) -> bool:
         """Whether the cache holds `model`'s frozen lower trunk's output for every one of `samples`."""
         if self.cache is None or not isinstance(model, FrozenLowerTrunk) or not model.frozen_stages:
             return False
