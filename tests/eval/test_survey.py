@@ -19,7 +19,7 @@ def _config(weights, **overrides) -> SurveyConfig:
 
 def test_survey_writes_every_table_and_honest_targets(tiny_synth, tiny_weights, tmp_path, capsys):
     cfg = _config(tiny_weights, datasets={"tiny": tiny_synth.parent.name}, table2_dataset="tiny",
-                  table2_head_stages=[0, 2], timing_images=4, probe_cs=[1.0],
+                  table2_head_stages=[0, 1], timing_images=4, probe_cs=[1.0],
                   retrieval=["gap-offtheshelf", "gem-offtheshelf", "triplet", "normalized_softmax"])
     save_yaml(cfg, tmp_path / "survey.yaml")
     report = run_survey(tiny_synth.parent.parent, tmp_path / "survey.yaml", tmp_path / "results")
@@ -38,13 +38,28 @@ def test_survey_writes_every_table_and_honest_targets(tiny_synth, tiny_weights, 
     worst_metric = min(r1["triplet"], r1["normalized_softmax"]) - r1["gap-offtheshelf"]
     assert saved["targets"]["min_metric_minus_gap_r1"]["value"] == pytest.approx(worst_metric, abs=1e-4)
     assert saved["targets"]["elapsed_s"]["op"] == "<=" and saved["elapsed_s"] > 0
-    assert [r["head_stages"] for r in saved["table2"]] == [0, 2]
-    assert [r["shared_stages"] for r in saved["table2"]] == [5, 3]
+    assert [r["head_stages"] for r in saved["table2"]] == [0, 1]
+    assert [r["shared_stages"] for r in saved["table2"]] == [5, 4]
+    cnnets = next(r for r in part["recognition"] if r["method"] == "cnnets")
+    assert saved["table2"][1]["train_s"] == cnnets["train_s"]  # k = 1 is the recognition CN-Nets, not retrained
+    assert saved["table2"][1]["top1"] == cnnets["top1"]
     assert saved["fig5"]["holds"] == (saved["fig5"]["conv_mean_std"] > saved["fig5"]["norm_mean_std"])
     assert (tmp_path / "results" / "methods_real_cpu_fig5.png").is_file()
     text = (tmp_path / "results" / "methods_real_cpu.md").read_text()
     assert "## Table 2" in text and "| attention_crop |" in text and "Caveat:" in text
     assert "B-CNN (Lin et al. 2015)" in text and "| linear_probe |" in capsys.readouterr().out
+
+
+def test_table2_at_an_earlier_cut_caches_again_and_trains_every_k(tiny_synth, tiny_weights, tmp_path):
+    cfg = _config(tiny_weights, datasets={"tiny": tiny_synth.parent.name}, table2_dataset="tiny",
+                  table2_frozen_stages=3, table2_head_stages=[1, 2], timing_images=2, probe_cs=[1.0],
+                  recognition=["cnnets"], retrieval=["gap-offtheshelf"])
+    report = run_survey(tiny_synth.parent.parent, cfg, tmp_path)
+    rows = report["table2"]
+    assert [(r["head_stages"], r["shared_stages"], r["frozen_stages"]) for r in rows] == [(1, 4, 3), (2, 3, 3)]
+    cnnets = next(r for r in report["datasets"]["tiny"]["recognition"] if r["method"] == "cnnets")
+    assert rows[0]["train_s"] != cnnets["train_s"]  # another cut: trained anew
+    assert rows[1]["trainable_params_m"] > rows[0]["trainable_params_m"]  # two private copies of stage 3
 
 
 def test_targets_from_rows_by_hand():

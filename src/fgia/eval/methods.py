@@ -190,16 +190,32 @@ class MethodEmbedder:
         """The registered model a trained method trains ("plain" for the metric losses)."""
         return "plain" if method in METRIC_LOSSES else self.cfg.aliases.get(method, method)
 
+    def model_options(self, method: str) -> dict[str, Any]:
+        """The keyword options a trained method's model is built with (an alias's over its model's)."""
+        cfg = self.cfg
+        own = cfg.model_kwargs.get(method, {}) if method in cfg.aliases else {}
+        return {"backbone": cfg.backbone, "weights": cfg.weights, **cfg.model_kwargs.get(self.model_name(method), {}),
+                **own}
+
+    def adopt(self, method: str, other: MethodEmbedder, trained: str) -> bool:
+        """Take `other`'s model of method `trained` as this embedder's `method` when both would train the same
+        model on the same images with the same options (no second training); whether it did."""
+        if trained not in other.trained or other.fit_set.samples != self.fit_set.samples:
+            return False
+        mine = {**self.model_options(method), "model": self.model_name(method)}
+        if mine != {**other.model_options(trained), "model": other.model_name(trained)}:
+            return False
+        self.trained[method], self.train_configs[method] = other.trained[trained], other.train_configs[trained]
+        return True
+
     def train(self, method: str) -> tuple[nn.Module, float]:
         """The model of a trained method (trained once) and its training seconds."""
         if method not in self.trained:
             cfg = self.cfg
             model = self.model_name(method)
             loss = method if method in METRIC_LOSSES else "ce"
-            options = {**cfg.model_kwargs.get(model, {}), **(cfg.model_kwargs.get(method, {}) if method in
-                                                              cfg.aliases else {})}
             fields = dict(
-                model=model, model_kwargs={"backbone": cfg.backbone, "weights": cfg.weights, **options},
+                model=model, model_kwargs=self.model_options(method),
                 image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                 backbone_lr_scale=cfg.backbone_lr_scale, optimizer=cfg.optimizer,
                 label_smoothing=cfg.label_smoothing, warmup_epochs=min(1.0, cfg.epochs), loss=loss,

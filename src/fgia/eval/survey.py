@@ -11,8 +11,8 @@ size, epochs, optimiser; every method the same):
   first-half / second-half class split: off-the-shelf descriptors and the metric-learning losses
   (`fgia.eval.methods`).
 On `table2_dataset`: the paper's Table 2 (CN-Nets whose sub-nets own the last k stages, the same stages trained for
-every k, on a cache cut earlier: top-1 and the whole network's forward time per image) and Fig. 5 (the spread of the
-Conv-Net's and the Norm-Net's confidence maps, `fgia.eval.explain`).
+every k: top-1 and the whole network's forward time per image) and Fig. 5 (the spread of the Conv-Net's and the
+Norm-Net's confidence maps, `fgia.eval.explain`).
 
 Writes `methods_real_<device>.json` / `.md` (rewritten after each part, so a stopped run keeps what it measured) and
 the Fig. 5 picture beside them.
@@ -98,8 +98,8 @@ class SurveyConfig:
     retrieval: list[str] = field(default_factory=lambda: list(RETRIEVAL))
     probe_cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     table2_dataset: str | None = "cub"
-    table2_head_stages: list[int] = field(default_factory=lambda: [0, 1, 2])
-    table2_frozen_stages: int = 3
+    table2_head_stages: list[int] = field(default_factory=lambda: [0, 1])
+    table2_frozen_stages: int | None = None
     timing_images: int = 64
     histogram_bins: int = 20
     max_classes: int | None = None
@@ -182,32 +182,35 @@ def _forward_ms(model: torch.nn.Module, images: torch.Tensor, repeats: int = 3) 
     return 1000 * best / len(images)
 
 
-def table2(train: FineGrainedDataset, test: FineGrainedDataset, ds: FineGrainedDataset,
-           cfg: SurveyConfig) -> list[dict[str, Any]]:
-    """CN-Nets whose sub-nets own the last k stages (k in `table2_head_stages`): every one trains the stages after
-    `table2_frozen_stages` (shared or not) on that cut's cache; top-1 per head and forward ms/image."""
-    recipe = cfg.recipe
+def table2(test: FineGrainedDataset, ds: FineGrainedDataset, cfg: SurveyConfig,
+           main: MethodEmbedder) -> list[dict[str, Any]]:
+    """CN-Nets whose sub-nets own the last k stages (k in `table2_head_stages`), every one training the stages after
+    the frozen cut (shared or not): top-1 per head and whole-network forward ms/image. At the recipe's cut the
+    recognition cache serves, and the recognition CN-Nets is its own row; another cut caches the images again."""
+    recipe = main.cfg
+    cut = cfg.table2_frozen_stages or recipe.model_kwargs["plain"]["frozen_stages"]
     aliases = {f"cnnets-k{k}": "cnnets" for k in cfg.table2_head_stages}
-    kwargs = {alias: {"head": "cnnets", "head_stages": k, "frozen_stages": cfg.table2_frozen_stages}
+    kwargs = {alias: {"head": "cnnets", "head_stages": k, "frozen_stages": cut}
               for alias, k in zip(aliases, cfg.table2_head_stages)}
     sweep = replace(recipe, aliases={**recipe.aliases, **aliases}, model_kwargs={**recipe.model_kwargs, **kwargs})
-    cache, trunk = _cache(ds, sweep, cfg.table2_frozen_stages)
-    embedder = MethodEmbedder(train, sweep, cache)
+    cache = main.cache if cut == recipe.model_kwargs["plain"]["frozen_stages"] else _cache(ds, sweep, cut)[0]
+    embedder = MethodEmbedder(main.aux, sweep, cache)
+    for alias in aliases:
+        embedder.adopt(alias, main, "cnnets")
     dev = pick_device(recipe.device)
     timing = [test.samples[i] for i in range(min(cfg.timing_images, len(test)))]
     resize = ResizeWithOriginalSize(recipe.image_size)
-    images = normalize(torch.stack([resize(load_image(s.path))["image"] for s in timing]).to(dev), trunk.mean,
-                       trunk.std)
+    batch = torch.stack([resize(load_image(s.path))["image"] for s in timing]).to(dev)
     rows = []
     for alias, k in zip(aliases, cfg.table2_head_stages):
         by_head = {r.method.split("/")[-1]: r for r in method_rows(embedder, alias, test, cache)}
         model = prepare_model(embedder.train(alias)[0], dev)
         fused = by_head[alias]
-        rows.append({"head_stages": k, "shared_stages": len(model.trunk), "frozen_stages": cfg.table2_frozen_stages,
+        rows.append({"head_stages": k, "shared_stages": len(model.trunk), "frozen_stages": cut,
                      "top1": fused.top1, "top1_conv": by_head["Conv-Net"].top1, "top1_norm": by_head["Norm-Net"].top1,
                      "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-                     "trainable_params_m": fused.trainable_params_m, "forward_ms_per_image": _forward_ms(model, images),
-                     "train_s": fused.train_s})
+                     "trainable_params_m": fused.trainable_params_m, "train_s": fused.train_s,
+                     "forward_ms_per_image": _forward_ms(model, normalize(batch, model.mean, model.std))})
         print(f"  Table 2, k={k}: top-1 {fused.top1:.3f}, {rows[-1]['forward_ms_per_image']:.2f} ms/image", flush=True)
     return rows
 
@@ -367,7 +370,7 @@ def run_survey(shared: str | os.PathLike, config: str | os.PathLike | SurveyConf
         part["retrieval"] = retrieval_table(zs_train, zs_test, cfg, cache)
         save()
         if name == cfg.table2_dataset:
-            report["table2"] = table2(train, test, ds, cfg)
+            report["table2"] = table2(test, ds, cfg, embedder)
             save()
     print(survey_markdown(report))
     return report
