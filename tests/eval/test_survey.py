@@ -20,6 +20,8 @@ def _config(weights, **overrides) -> SurveyConfig:
 def test_survey_writes_every_table_and_honest_targets(tiny_synth, tiny_weights, tmp_path, capsys):
     cfg = _config(tiny_weights, datasets={"tiny": tiny_synth.parent.name}, table2_dataset="tiny",
                   table2_head_stages=[0, 1], timing_images=4, probe_cs=[1.0],
+                  recognition=["plain", "cnnets", "bilinear", "compact_bilinear", "compact_bilinear_rm",
+                               "attention_crop"],
                   retrieval=["gap-offtheshelf", "gem-offtheshelf", "triplet", "normalized_softmax"])
     save_yaml(cfg, tmp_path / "survey.yaml")
     report = run_survey(tiny_synth.parent.parent, tmp_path / "survey.yaml", tmp_path / "results")
