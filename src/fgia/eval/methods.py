@@ -2,8 +2,8 @@
 
 The auxiliary half of the classes (`train`) trains every trained method (its own shipped train/test split,
 or every `holdout_every`-th image per class, gives the held-out images for top-1; `holdout_every=None` trains on
-all of it) and fits the PCA-whitening; the other half (`test`) is retrieved leave-one-out (each image queries all the others),
-reporting mAP, mAP@R and Recall@K as the metric-learning literature does for CUB and Cars.
+all of it) and fits the PCA-whitening; the other half (`test`) is retrieved leave-one-out (each image queries all
+the others), reporting mAP, mAP@R and Recall@K as the metric-learning literature does for CUB and Cars.
 
 Method names:
   "<descriptor>-offtheshelf"  a registered descriptor on the untrained backbone (`weights`), e.g. "gem-offtheshelf"

@@ -169,7 +169,8 @@ def retrieval_table(train: FineGrainedDataset, test: FineGrainedDataset, cfg: Su
         trained = parse_method(method, cfg.recipe.aliases)[1] is None
         rows.append({"method": method, "dim": int(emb.features.shape[1]),
                      "trainable": "last stage + loss (frozen stages cached)" if trained else "none",
-                     "epochs": embedder.train_configs[method].epochs if trained else 0, "train_s": emb.train_seconds or 0.0,
+                     "epochs": embedder.train_configs[method].epochs if trained else 0,
+                     "train_s": emb.train_seconds or 0.0,
                      "wall_s": time.perf_counter() - start, **{k: float(v) for k, v in scores.items()}})
         print(f"  {method}: R@1 {scores['R@1']:.3f} mAP {scores['mAP']:.3f}", flush=True)
     return rows
@@ -290,7 +291,8 @@ def survey_markdown(report: dict[str, Any]) -> str:
                       "published |", "|---|---:|---:|---:|---|---:|---|---:|---:|---|"]
             for r in part["recognition"]:
                 anchor = ANCHORS["recognition"].get(r["method"].split("/")[0], "")
-                lines.append(f"| {r['method']} | {r['top1']:.3f} | {r['top5']:.3f} | {r['epochs']} | {r['trainable']} | "
+                lines.append(f"| {r['method']} | {r['top1']:.3f} | {r['top5']:.3f} | {r['epochs']} | "
+                             f"{r['trainable']} | "
                              f"{r['trainable_params_m']:.2f} | {'yes' if r['cached'] else 'no'} | {r['train_s']:.0f} "
                              f"| {r['test_s']:.0f} | {anchor} |")
             lines.append("")
