@@ -5,7 +5,7 @@ trained on all of `train`. A method whose frozen stages are the ones in the give
 trains on the cached maps and is tested on the test images' cached plain-resize view; any other (the attention
 crop, whose second pass needs the image) is tested on the images, resized the same way. The linear probe is a
 multinomial logistic regression (scikit-learn) on the standardised GAP feature of the off-the-shelf trunk, both
-cached views of every training image, its C chosen on a stratified fifth of the training images.
+cached views of every training image, its C chosen (on the plain view) on a stratified fifth of the training images.
 """
 
 from __future__ import annotations
@@ -153,11 +153,11 @@ def linear_probe(cache: TrunkCache, trunk: nn.Module, frozen_stages: int, train:
         return x, np.tile([s.label for s in readable], len(views))
 
     def classifier(c: float):
-        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=500, random_state=seed))
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300, random_state=seed))
 
     views = range(len(cache.views))
     fit_part, val_part = stratified_split(train, 0.2, seed)
-    x_fit, y_fit = features(fit_part, views)
+    x_fit, y_fit = features(fit_part, [0])  # choosing C on one view is enough and half the work
     x_val, y_val = features(val_part, [0])
     scores = {c: classifier(c).fit(x_fit, y_fit).score(x_val, y_val) for c in cs}
     best = max(cs, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
