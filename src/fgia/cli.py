@@ -335,15 +335,27 @@ def export(
 # ----------------------------------------------------------------------------------------------- bench
 @bench_app.command("methods")
 def bench_methods(
-    data: Path | None = typer.Option(None, help="dataset (default: the synthetic benchmark)"),
-    methods: str | None = typer.Option(None, help="comma-separated method names (default: all)"),
-    config: Path | None = typer.Option(None, help="MethodsConfig YAML"),
-    out: Path = typer.Option(DEFAULT_OUT / "methods.md", help="table to write (.md + .json)"),
+    shared: Path = typer.Option(Path("../shared/data"), help="folder with cub100/, stanford_cars/, flowers102_partial/"),
+    synthetic: bool = typer.Option(False, "--synthetic", help="one zero-shot table on the synthetic benchmark"),
+    data: Path | None = typer.Option(None, help="one zero-shot table on this dataset instead of the real survey"),
+    methods: str | None = typer.Option(None, help="comma-separated method names (--synthetic / --data; default all)"),
+    config: Path | None = typer.Option(None, help="SurveyConfig YAML (MethodsConfig with --synthetic / --data)"),
+    results: Path = typer.Option(Path("benchmarks/results"), help="where methods_real_<device>.json/.md go"),
+    out: Path = typer.Option(DEFAULT_OUT / "methods.md", help="table to write with --synthetic / --data (.md + .json)"),
 ) -> None:
-    """Train/evaluate several methods on one zero-shot split and write one comparison table."""
-    from fgia.eval.methods import run_methods_bench
+    """Survey methods on real images: recognition and zero-shot retrieval per dataset, Table 2, Fig. 5."""
+    if synthetic or data is not None:
+        from fgia.eval.methods import run_methods_bench
 
-    run_methods_bench(data=data, methods=methods.split(",") if methods else None, config=config, out=out)
+        if synthetic and data is not None:
+            raise typer.BadParameter("choose one of --synthetic and --data")
+        run_methods_bench(data=data, methods=methods.split(",") if methods else None, config=config, out=out)
+        return
+    if methods is not None:
+        raise typer.BadParameter("--methods applies to --synthetic / --data; the survey takes them from --config")
+    from fgia.eval.survey import run_survey
+
+    run_survey(shared, config, results, command="fgia bench methods " + " ".join(sys.argv[3:]))
 
 
 @bench_app.command("real")
@@ -363,6 +375,36 @@ def bench_real(
         raise typer.BadParameter("choose one of --quick and --full")
     size = "quick" if quick else "full" if full else "default"
     run_real_bench(shared, size=size, weights=weights, results_dir=results, work_dir=work, force=force)
+
+
+# ----------------------------------------------------------------------------------------------- explain
+@app.command()
+def explain(
+    model: Path = typer.Argument(..., help="model folder (model.yaml + model.safetensors)"),
+    image: Path | None = typer.Argument(None, help="image to explain"),
+    out: Path = typer.Option(Path("explain.png"), help="PNG to write"),
+    image_size: int | None = typer.Option(None, help="input size (default: the model's training size, else 224)"),
+    histogram: Path | None = typer.Option(None, help="dataset: write the Fig. 5 histogram of its map spreads instead"),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """The predicted class's confidence map and region box over IMAGE; or, with --histogram DATA, the spread of the
+    model's confidence maps over a dataset (Conv-Net vs Norm-Net for CN-Nets, the paper's Fig. 5)."""
+    from fgia.eval import explain as explaining
+
+    if (image is None) == (histogram is None):
+        raise typer.BadParameter("give an IMAGE or --histogram DATA (one of them)")
+    if image is not None:
+        shown = explaining.explain(model, image, out, image_size=image_size, device=device)
+        console.print(f"{out}: {shown['class']} (p={shown['probability']:.2f}), box "
+                      f"{[round(v) for v in shown['box']]}, map: {shown['map']}")
+        return
+    from fgia.data import read_dataset
+
+    samples = read_dataset(histogram).samples
+    counts = explaining.explain_spreads(model, samples, out, f"confidence-map spread, {len(samples)} images of "
+                                        f"{histogram.name}", image_size=image_size, device=device)
+    means = ", ".join(f"{name} {head['mean']:.4f}" for name, head in counts["heads"].items())
+    console.print(f"{out}: mean map std {means}")
 
 
 # ----------------------------------------------------------------------------------------------- demo

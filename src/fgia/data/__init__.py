@@ -16,6 +16,7 @@ from fgia.data.protocols import (
     hold_out_classes,
     official_split,
     read_shared_composite,
+    stratified_split,
     zero_shot_split,
 )
 from fgia.data.readers import (
@@ -68,5 +69,6 @@ __all__ = [
     "read_shared_composite",
     "write_manifest",
     "hold_out_classes",
+    "stratified_split",
     "zero_shot_split",
 ]

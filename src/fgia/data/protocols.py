@@ -30,6 +30,30 @@ def official_split(ds: FineGrainedDataset) -> tuple[FineGrainedDataset, FineGrai
     return train, test
 
 
+def stratified_split(ds: FineGrainedDataset, test_fraction: float = 0.5,
+                     seed: int = 0) -> tuple[FineGrainedDataset, FineGrainedDataset]:
+    """(train, test) by image, class by class: a seeded floor(`test_fraction` x n) of each class's n labelled images
+    is tested, the rest trains (a class with one image only trains). Both keep the dataset's class list; for a
+    dataset whose test half is not shipped (Stanford Cars' train folder alone, a partial Flowers 102)."""
+    if not 0 < test_fraction < 1:
+        raise DatasetError(f"the test fraction must be in (0, 1), got {test_fraction}")
+    by_class: dict[int, list[int]] = {}
+    for i, s in enumerate(ds.samples):
+        if s.label >= 0:
+            by_class.setdefault(s.label, []).append(i)
+    if not by_class:
+        raise DatasetError(f"{ds.name}: a stratified split needs labelled images, found none")
+    rng = np.random.default_rng(seed)
+    tested: set[int] = set()
+    for label in sorted(by_class):
+        members = by_class[label]
+        tested.update(np.asarray(members)[rng.permutation(len(members))[: int(test_fraction * len(members))]].tolist())
+    labelled = {i for members in by_class.values() for i in members}
+    train = [s for i, s in enumerate(ds.samples) if i in labelled and i not in tested]
+    test = [s for i, s in enumerate(ds.samples) if i in tested]
+    return replace(ds, name=f"{ds.name}:train", samples=train), replace(ds, name=f"{ds.name}:test", samples=test)
+
+
 def zero_shot_split(ds: FineGrainedDataset) -> tuple[FineGrainedDataset, FineGrainedDataset]:
     """(train, test) by class: the first half of the classes (class order) trains, the second half is retrieved.
 

@@ -7,7 +7,7 @@ class-confidence maps. The export folder holds the graph and `export.json`: inpu
 names, the system's fingerprint. Preprocessing stays outside the graph: resize the RGB image to size x size
 (bilinear, antialiased, no crop), scale to [0, 1], subtract the mean and divide by the std, NCHW float32. Region
 features are the same graph run on the discriminative region's crop (found from the unified model's maps, see
-`fgia.features.regions`); PCAs and the coarse classifier stay in the system folder.
+`fgia.models.regions`); PCAs and the coarse classifier stay in the system folder.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from fgia.data import build_transform, make_loader
 from fgia.data.samples import FineGrainedDataset
 from fgia.metrics import mean_per_class_accuracy, topk_accuracy
 from fgia.models import create_model, save_model
+from fgia.models.frozen import FrozenLowerTrunk
 from fgia.models.output import ModelOutput
 from fgia.progress import BatchProgress
 from fgia.runtime import atomic_path, atomic_write_text, pick_device, seed_everything
@@ -174,7 +175,7 @@ class _Trainer:
             cfg.model, num_classes=len(train.classes), **cfg.model_kwargs)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.mean, self.std = normalisation(self.model, cfg.mean, cfg.std)
-        cached = cfg.cache_trunk and getattr(self.model, "frozen_stages", 0) > 0
+        cached = cfg.cache_trunk and isinstance(self.model, FrozenLowerTrunk) and self.model.frozen_stages > 0
         self.step = TrainStep(self.model, loss_fn or build_loss(cfg, self.model), cached=cached)
         self.step.to(self.ctx.device, memory_format=self.memory_format)
         if cached:
