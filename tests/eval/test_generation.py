@@ -171,3 +171,14 @@ def test_generation_bench_writes_targets_tables_and_grids(tiny_synth, tmp_path):
         # 6 classes (rows) x (real + 2 models) x 6 images, 32 px tiles with 2 px padding
         assert grid.size == (18 * 34 + 2, 6 * 34 + 2)
     assert (tmp_path / "work" / "synth" / "cvaegan" / "generator.yaml").is_file()
+
+
+@pytest.mark.parametrize("name", ["generation.yaml", "generation_full.yaml"])
+def test_packaged_bench_configs_load(name):
+    from fgia.config import load_yaml
+    from fgia.eval.generation import GenerationBenchConfig
+    from fgia.eval.osfgir import default_config
+
+    cfg = load_yaml(GenerationBenchConfig, default_config(name))
+    assert set(cfg.datasets) == {"flowers", "cub"} and cfg.generator.kind == "cvaegan"
+    assert cfg.generator.arch.image_size == 64 and cfg.augment.episodes >= 600

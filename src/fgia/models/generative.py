@@ -34,7 +34,7 @@ class GeneratorArch:
     """Shape of the networks: image side, base channel width, latent and class-code sizes."""
 
     image_size: int = 64
-    width: int = 32
+    width: int = 16
     latent_dim: int = 64
     code_dim: int = 32
 
