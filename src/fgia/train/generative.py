@@ -480,5 +480,7 @@ def train_generator(dataset: FineGrainedDataset, cfg: GenerativeConfig, out_dir:
     if data is None:
         data = load_images(dataset, cfg.arch.image_size, cfg.max_images_per_class, cfg.seed, cfg.workers)
     trainer = GeneratorTrainer(cfg, data, dataset.classes, out_dir, progress)
+    if data.skipped:
+        trainer.console.print(f"[yellow]{dataset.name}: skipped {data.skipped} unreadable image(s)")
     return trainer.run(), trainer
 
