@@ -33,8 +33,8 @@ import typer
 from fgia.data import build_osfgir_split, read_dataset
 from fgia.data.samples import FineGrainedDataset
 from fgia.data.synthetic import SynthConfig, generate_benchmark
-from fgia.eval.metrics import evaluate_retrieval
 from fgia.features import extract_features
+from fgia.metrics import evaluate_retrieval
 from fgia.train import TrainConfig, evaluate, fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -73,8 +73,7 @@ def _data(folder: Path) -> tuple[FineGrainedDataset, FineGrainedDataset, FineGra
 
 def _retrieval_map(features: np.ndarray, labels: np.ndarray) -> float:
     n = len(labels)
-    return float(evaluate_retrieval(features, labels, features, labels, exclude_ids=np.arange(n),
-                                    device="cpu")["mAP"])
+    return float(evaluate_retrieval(features, labels, features, labels, exclude_ids=np.arange(n))["mAP"])
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -84,7 +83,7 @@ def _l2(x: np.ndarray) -> np.ndarray:
 def _features(model, ds: FineGrainedDataset, image_size: int) -> tuple[dict[str, np.ndarray], float]:
     """Per-head retrieval features of `ds` and the extraction time in ms/image."""
     start = time.perf_counter()
-    feats = extract_features(model, ds.samples, image_size=image_size, regions=False, workers=0, device="cpu")
+    feats = extract_features(model, ds.samples, image_size=image_size, regions=False, workers=0)
     ms = 1000 * (time.perf_counter() - start) / len(feats)
     emb = feats.image
     if hasattr(model, "heads"):
@@ -102,7 +101,7 @@ def _measure(name: str, cfg: TrainConfig, train, test, unseen) -> dict:
            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
     if hasattr(model, "heads"):
         row.update(head_stages=model.config["head_stages"], shared_stages=len(model.trunk))
-    acc = evaluate(model, test, image_size=cfg.image_size, batch_size=64, device="cpu")
+    acc = evaluate(model, test, image_size=cfg.image_size, batch_size=64)
     row.update({k: v for k, v in acc.items() if k.startswith(("top1", "mean_per_class"))})
     for split_name, ds in (("seen", test), ("unseen", unseen)):
         feats, ms = _features(model, ds, cfg.image_size)
@@ -153,7 +152,7 @@ def run(bench: HeadsBenchConfig, data: Path | None = None, out: Path = RESULTS, 
         train, test, unseen = _data(folder)
         base = TrainConfig(image_size=bench.image_size, epochs=bench.epochs, batch_size=bench.batch_size,
                            optimizer=bench.optimizer, lr=bench.lr, warmup_epochs=1, seed=bench.seed,
-                           workers=min(2, os.cpu_count() or 1), device="cpu")
+                           workers=min(2, os.cpu_count() or 1))
         common = {"backbone": bench.backbone, "weights": bench.weights}
         rows = []
         plain_cfg = TrainConfig(**{**asdict(base), "model": "plain", "model_kwargs": common})

@@ -1,16 +1,21 @@
-"""Single-query latency of the full OSFGIR pipeline, per stage (p50/p90 ms), against a database of N images.
+"""Query throughput and latency of the system's default pipeline against a database of N images, as ratios to
+the bare forward pass of the models a query needs, and how index building scales.
 
-Part 1 (pipeline): the database holds the real features of an indexed run (`--run`, an `fgia eval`/`fgia demo` output folder with
-index/ and system/) or, without one, of a quickly trained tiny system on a small synthetic benchmark; it is
-then padded with random unit-norm features up to `--n` images (default 300K), so the search stages (coarse
-k-NN over N, fine re-ranking of K) cost what they would at that size. The feature stages only depend on the
-model and the image size. The fine dimension of a small system is capped by its tiny auxiliary set, so
-part 2 (search stages at the paper's dimensions) times the coarse search (N x 32) and the fine re-ranking
-(K x 1024, +QE) on random features with the same code (`fgia.retrieval.search`). Target (issue 4): p50 total under 20 ms on a GPU at 300K images.
-Writes benchmarks/results/query_<device>.json and .md.
+Part 1. A system (`--system`, e.g. the one `fgia bench real` trained, or else one trained here in a minute on a
+small synthetic benchmark with the real-data recipe: EfficientNet-Lite0 ImageNet weights at 160 px) answers
+queries against an engine over N database images (`RetrievalEngine.from_arrays`: the system's dimensions,
+random unit-norm features and routes), so the search stages cost what they would at that size.
+  * bare forward: the models one query needs (the shared trunk and every model's top on the whole image and on
+    the region crop, at the model's size) on ready-made normalised tensors, at batch B and at batch 1;
+  * batched: `engine.search` on B decoded query images at a time -> queries/s; `batched_ratio` = that / the bare
+    forward's queries/s at batch B (target >= 0.8);
+  * single: `engine.search` on one image -> p50 latency; `single_ratio` = that / (bare forward at batch 1 + the
+    engine's search stages for one query) (target <= 1.3).
+Part 2. `index_scaling`: appending N and 4N rows of the system's arrays to a FeatureStore in chunks of 4096
+(what `fgia index` does per chunk) -> time(4N) / time(N) (target <= 4.5: each row is written once).
 
-    python benchmarks/query.py                               # tiny system, 300K, CPU or GPU
-    python benchmarks/query.py --run fgia-out/demo --n 100000
+    python benchmarks/query.py                                     # trains a small system, N = 300K, CPU
+    python benchmarks/query.py --system fgia-out/bench-real/default/system --n 300000
 """
 
 from __future__ import annotations
@@ -25,153 +30,195 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fgia.data import OsfgirSplit, build_osfgir_split, load_image
-from fgia.data.synthetic import SynthConfig
-from fgia.eval.osfgir import OsfgirConfig, load_datasets
+from fgia.data import build_osfgir_split, load_image, read_dataset
+from fgia.data.synthetic import SynthConfig, generate_benchmark
+from fgia.eval.osfgir import split_by_category
+from fgia.features.extract import prepare_model
 from fgia.features.pca import l2_normalize
-from fgia.index import StoreRow, create_index
-from fgia.retrieval.engine import STAGES, RetrievalEngine, build_index
-from fgia.retrieval.search import average_query_expansion, rerank
-from fgia.retrieval.system import SelectionConfig, SystemConfig, train_system
+from fgia.index import FeatureStore, StoreRow
+from fgia.retrieval.engine import Pipeline, RetrievalEngine, StageTimer
+from fgia.retrieval.system import (
+    SelectionConfig,
+    SystemConfig,
+    load_system,
+    train_system,
+)
 from fgia.runtime import atomic_write_text, pick_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SHARED_BIRDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "cub100" / "CUB_200_2011" / "images"
 
 
-def tiny_run(out: Path, backbone: str, image_size: int, device: str) -> tuple[Path, list[Path]]:
-    """Train a 1-epoch system on a small synthetic benchmark and index it; returns (index dir, query paths)."""
-    cfg = OsfgirConfig(synth=SynthConfig(categories=3, species_per_category=4, images_per_species=8,
-                                         image_size=max(64, image_size)), out_dir=out)
-    datasets, distractors = load_datasets(cfg, progress=False)
-    split = build_osfgir_split(datasets, queries_per_class=2, distractors=distractors)
-    system = SystemConfig(backbone=backbone, image_size=image_size, epochs=1, batch_size=8, device=device,
-                          selection=SelectionConfig(validation_fraction=0.0))
-    system_dir = train_system(split.auxiliary, system, out / "system", progress=False)
-    build_index(system_dir, split.database, out / "index", device=device)
-    return out / "index", [s.path for s in split.queries.samples]
+def small_system(out: Path, device: str) -> Path:
+    """A system with the real-data recipe, trained for one epoch on a small synthetic benchmark."""
+    manifest = generate_benchmark(SynthConfig(categories=3, species_per_category=4, images_per_species=12,
+                                              image_size=160, seed=0), out / "data", progress=False)
+    datasets, _ = split_by_category(read_dataset(manifest))
+    split = build_osfgir_split(datasets, queries_per_class=2, seed=0)
+    cfg = SystemConfig(backbone="tf_efficientnet_lite0", weights="efficientnet-lite0", image_size=160, epochs=1,
+                       batch_size=16, part_dim=64, coarse_dim=32, region_zoom=2.0, qe_top=5, top_k=1000,
+                       top_k_fraction=None, selection=SelectionConfig(validation_fraction=0.0), device=device)
+    return train_system(split.auxiliary, cfg, out / "system", progress=False)
 
 
-def pad_database(engine: RetrievalEngine, n: int, factory: str, device: str, seed: int) -> None:
-    """Add random unit-norm features (and random routes) to every array of `engine`, in memory, up to `n` images."""
-    extra = n - len(engine)
-    if extra <= 0:
-        return
+def query_images(n: int, fallback: Path) -> list:
+    """`n` real bird photos from ../shared/data when present, else the synthetic benchmark's images."""
+    paths = sorted(SHARED_BIRDS.rglob("*.jpg"))[:: 37][:n] if SHARED_BIRDS.is_dir() else []
+    paths = paths or sorted((fallback / "data").rglob("*.png"))[:n]
+    return [load_image(p) for p in paths]
+
+
+def synthetic_engine(system, n: int, factory: str, seed: int) -> RetrievalEngine:
+    """An engine over `n` database images with the system's feature dimensions (random unit-norm features)."""
     rng = np.random.default_rng(seed)
-    for name, values in engine.arrays.items():
-        if name == "route":
-            noise = rng.integers(0, len(engine.system.categories), (extra, 1)).astype(np.float32)
-        else:
-            noise = l2_normalize(rng.standard_normal((extra, values.shape[1]), dtype=np.float32))
-        engine.arrays[name] = np.concatenate([values, noise])
-    engine.coarse_index = create_index(engine.arrays["coarse"].shape[1], factory, device)
-    engine.coarse_index.train(engine.arrays["coarse"])
-    engine.coarse_index.add(engine.arrays["coarse"])
-    engine.rows = engine.rows + [StoreRow(path="<synthetic>")] * extra
-    engine.top_k = engine.system.config.resolve_top_k(n)
+    dims = {"coarse": system.coarse_pca.n_components, "unified": system.models["unified"].embedding_dim, "box": 4}
+    dims |= {f"fine/{m}": system.fine_dim for m in system.fine_models}
+    arrays = {name: l2_normalize(rng.standard_normal((n, dim), dtype=np.float32)) for name, dim in dims.items()}
+    routes = rng.integers(0, len(system.categories), n)
+    rows = [StoreRow(path="<synthetic>", route=int(r)) for r in routes]
+    return RetrievalEngine.from_arrays(system, rows, arrays, classes=[], factory=factory, device="cpu")
 
 
-def measure(engine: RetrievalEngine, images: list, repeats: int, query_expansion: bool) -> dict[str, dict[str, float]]:
-    """p50/p90/mean ms per stage over `repeats` passes of single-image searches (after one warm-up)."""
-    engine.search(images[:1], query_expansion=query_expansion)
-    times = {s: [] for s in STAGES}
+@torch.inference_mode()
+def bare_forward_s(system, batch: int, repeats: int) -> float:
+    """Seconds per batch of the models a query needs: the shared trunk + every top, on the whole image and on
+    the region crop (flipped too when the system averages with the mirror image), on ready tensors."""
+    group = prepare_model(system.group, system.config.device)
+    size = system.config.image_size
+    passes = (2 if system.config.regions else 1) * (2 if system.config.flip else 1)
+    x = torch.randn(batch, 3, size, size, device=next(group.parameters()).device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    group(x)
+    times = []
     for _ in range(repeats):
-        for result in engine.search(images, query_expansion=query_expansion):
-            for s in STAGES:
-                times[s].append(result.timings_ms[s])
-    return {s: {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)), "mean": float(np.mean(v))}
-            for s, v in times.items()}
+        start = time.perf_counter()
+        for _ in range(passes):
+            group(x)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
-def paper_dims(n: int, k: int, factory: str, device: str, queries: int, seed: int) -> dict[str, dict[str, float]]:
-    """p50/p90 ms of the coarse search (n x 32) and the fine re-ranking of k candidates (1024-d, +QE)."""
+def search_ms(engine: RetrievalEngine, images: list, repeats: int) -> float:
+    """p50 ms of the engine's search stages alone (coarse + fine + QE) for one query."""
+    qf = engine.query_features(images=images[:1])
+    times = []
+    for _ in range(repeats):
+        timer = StageTimer()
+        engine.rank(qf, Pipeline.C2F, query_expansion=bool(engine.system.config.qe_top), timer=timer)
+        times.append(timer.ms["coarse_search"] + timer.ms["fine_search"])
+    return float(np.median(times))
+
+
+def index_scaling(system, n: int, chunk: int, seed: int) -> dict[str, float]:
+    """Seconds to append n and 4n rows of the system's arrays to a FeatureStore in chunks (indexes saved once)."""
     rng = np.random.default_rng(seed)
-    coarse = l2_normalize(rng.standard_normal((n, 32), dtype=np.float32))
-    fine = l2_normalize(rng.standard_normal((n, 1024), dtype=np.float32))
-    index = create_index(32, factory, device)
-    index.train(coarse)
-    index.add(coarse)
-    times: dict[str, list[float]] = {"coarse_search": [], "fine_search": [], "fine_search+QE": []}
-    for q in rng.integers(0, n, queries + 1):
-        t0 = time.perf_counter()
-        _, candidates = index.search(coarse[q : q + 1], k)
-        t1 = time.perf_counter()
-        ranking = rerank(fine[q : q + 1], fine, candidates)
-        t2 = time.perf_counter()
-        expanded = average_query_expansion(fine[q : q + 1], fine, ranking.ids[:, :5])
-        rerank(expanded, fine, index.search(average_query_expansion(coarse[q : q + 1], coarse, ranking.ids[:, :5]),
-                                            k)[1])
-        t3 = time.perf_counter()
-        for name, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
-            times[name].append(dt * 1000.0)
-    # The first query pays one-off allocations; leave it out.
-    return {name: {"p50": float(np.percentile(v[1:], 50)), "p90": float(np.percentile(v[1:], 90))}
-            for name, v in times.items()}
+    dims = {"coarse": system.coarse_pca.n_components, "unified": system.models["unified"].embedding_dim, "box": 4}
+    dims |= {f"fine/{m}": system.fine_dim for m in system.fine_models}
+    block = {name: l2_normalize(rng.standard_normal((chunk, d), dtype=np.float32)) for name, d in dims.items()}
+    rows = [StoreRow(path=f"img/{i}.jpg", route=0) for i in range(chunk)]
+    seconds = {}
+    for total in (n, 4 * n):
+        with tempfile.TemporaryDirectory() as tmp:
+            store = FeatureStore.create(Path(tmp) / "store", {"bench": 1}, dims, indexes={"coarse": "Flat"},
+                                        device="cpu")
+            start = time.perf_counter()
+            for _ in range(total // chunk):
+                store.append(rows, block, save_index=False)
+            store.save_indexes()
+            seconds[str(total)] = time.perf_counter() - start
+    return seconds
+
+
+def target(value: float, threshold: float, op: str) -> dict:
+    return {"value": value, "threshold": threshold, "op": op, "met": bool(value >= threshold if op == ">=" else
+                                                                            value <= threshold)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, help="an fgia eval/demo output folder (index/ + system/)")
-    ap.add_argument("--n", type=int, default=300_000, help="database size after padding")
-    ap.add_argument("--queries", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--factory", default="Flat", help="coarse index factory for the padded database")
-    ap.add_argument("--backbone", default="resnet50", help="for the tiny system (without --run)")
-    ap.add_argument("--image-size", type=int, default=224, help="for the tiny system (without --run)")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--system", type=Path, help="a trained system folder (default: train a small one here)")
+    ap.add_argument("--n", type=int, default=300_000, help="database size")
+    ap.add_argument("--batch", type=int, default=32, help="queries per batched call")
+    ap.add_argument("--queries", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--factory", default="Flat", help="coarse index factory")
+    ap.add_argument("--scaling-n", type=int, default=16384, help="rows of the smaller index-build run")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     device = str(pick_device(args.device))
+    started = time.perf_counter()
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.run:
-            index_dir = args.run / "index"
-            queries = [s.path for s in OsfgirSplit.load(args.run / "split").queries.samples]
-        else:
-            index_dir, queries = tiny_run(Path(tmp), args.backbone, args.image_size, device)
-        engine = RetrievalEngine.load(index_dir, device=device)
-        real = len(engine)
-        started = time.perf_counter()
-        pad_database(engine, args.n, args.factory, device, args.seed)
-        pad_s = time.perf_counter() - started
-        images = [load_image(p) for p in queries[: args.queries]]
-        stages = {f"c2f{'+QE' if qe else ''}": measure(engine, images, args.repeats, qe) for qe in (False, True)}
-        cfg = engine.system.config
-    search_stages = paper_dims(args.n, engine.top_k, args.factory, device, args.queries * args.repeats, args.seed)
+        system_dir = args.system or small_system(Path(tmp), device)
+        system = load_system(system_dir, device=device)
+        images = query_images(args.queries, Path(tmp))
+    engine = synthetic_engine(system, args.n, args.factory, args.seed)
+    cfg = system.config
+
+    bare_batch = bare_forward_s(system, args.batch, args.repeats) / args.batch  # s per query at batch B
+    bare_single = bare_forward_s(system, 1, 4 * args.repeats)
+    search = search_ms(engine, images, 4 * args.repeats)
+    qe = bool(cfg.qe_top)
+
+    engine.search(images[: args.batch], query_expansion=qe)  # warm-up
+    batched = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for i in range(0, len(images) - args.batch + 1, args.batch):
+            engine.search(images[i : i + args.batch], query_expansion=qe)
+        batched.append((time.perf_counter() - start) / (len(images) // args.batch * args.batch))
+    single = [engine.search([image], query_expansion=qe)[0].timings_ms["total"] for image in images]
+    batched_qps, bare_qps = 1.0 / float(np.median(batched)), 1.0 / bare_batch
+    single_p50 = float(np.percentile(single, 50))
+    scaling = index_scaling(system, args.scaling_n, 4096, args.seed)
+    scaling_ratio = scaling[str(4 * args.scaling_n)] / scaling[str(args.scaling_n)]
 
     result = {
+        "targets": {
+            "batched_ratio": target(batched_qps / bare_qps, 0.8, ">="),
+            "single_ratio": target(single_p50 / (1000 * bare_single + search), 1.3, "<="),
+            "index_scaling": target(scaling_ratio, 4.5, "<="),
+        },
         "device": device,
-        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
         "cpu_threads": torch.get_num_threads(),
         "platform": platform.platform(),
-        "database": {"n": len(engine), "real": real, "synthetic_padding": len(engine) - real},
-        "factory": args.factory,
-        "top_k": engine.top_k,
-        "backbone": cfg.backbone,
-        "image_size": cfg.image_size,
-        "dims": {k: int(v.shape[1]) for k, v in engine.arrays.items()},
+        "system": {"backbone": cfg.backbone, "image_size": cfg.image_size, "regions": cfg.regions,
+                   "region_zoom": cfg.region_zoom, "flip": cfg.flip, "models": list(system.models),
+                   "fine_dim": system.fine_dim, "qe_top": cfg.qe_top, "trained_here": args.system is None},
+        "database": {"n": args.n, "factory": args.factory, "top_k": engine.top_k, "dims": engine.store.dims},
         "queries": len(images),
-        "repeats": args.repeats,
-        "build_padding_s": pad_s,
-        "stages_ms": stages,
-        "search_stages_at_paper_dims_ms": search_stages,
-        "target": "p50 total < 20 ms on a GPU at 300K images",
+        "batch": args.batch,
+        "batched_qps": batched_qps,
+        "bare_forward_qps_at_batch": bare_qps,
+        "single_p50_ms": single_p50,
+        "bare_forward_single_ms": 1000 * bare_single,
+        "search_single_ms": search,
+        "index_build_s": scaling,
+        "elapsed_s": time.perf_counter() - started,
+        "command": "python benchmarks/query.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                                                           if v is not None),
     }
     stem = f"query_{'cuda' if device.startswith('cuda') else 'cpu'}"
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / f"{stem}.json", json.dumps(result, indent=2))
+    t = result["targets"]
     lines = [
-        f"# Single-query latency ({device}{', ' + result['gpu'] if result['gpu'] else ''})", "",
-        f"Database {len(engine):,} images ({real} real + random padding), coarse index `{args.factory}`, "
-        f"K={engine.top_k}, {cfg.backbone} at {cfg.image_size} px, {len(images)} queries x {args.repeats}.", "",
-        "| stage | " + " | ".join(f"{p} p50 | {p} p90" for p in stages) + " |",
-        "|---|" + "---:|" * (2 * len(stages)),
+        f"# Query throughput and latency ({device}, {torch.get_num_threads()} threads)", "",
+        f"Default pipeline (c2f{' + QE' if qe else ''}) of a {cfg.backbone} system at {cfg.image_size} px (models: "
+        f"{', '.join(system.models)}; regions {cfg.regions}, zoom {cfg.region_zoom}) against {args.n:,} database "
+        f"images (random features, coarse index `{args.factory}`, K = {engine.top_k}); {len(images)} real query "
+        "photos.", "",
+        "| measure | value | reference | ratio | target |", "|---|---:|---:|---:|---|",
+        f"| batched queries/s (batch {args.batch}) | {batched_qps:.1f} | bare forward {bare_qps:.1f} | "
+        f"{t['batched_ratio']['value']:.3f} | >= 0.8: {'met' if t['batched_ratio']['met'] else 'NOT met'} |",
+        f"| single-query p50 ms | {single_p50:.1f} | forward {1000 * bare_single:.1f} + search {search:.1f} | "
+        f"{t['single_ratio']['value']:.3f} | <= 1.3: {'met' if t['single_ratio']['met'] else 'NOT met'} |",
+        f"| index build s, {args.scaling_n:,} vs {4 * args.scaling_n:,} rows | {scaling[str(args.scaling_n)]:.1f} / "
+        f"{scaling[str(4 * args.scaling_n)]:.1f} | | {scaling_ratio:.2f} | <= 4.5: "
+        f"{'met' if t['index_scaling']['met'] else 'NOT met'} |", "",
+        f"Command: `{result['command']}`", "",
     ]
-    for s in STAGES:
-        lines.append(f"| {s} | " + " | ".join(f"{t[s]['p50']:.2f} | {t[s]['p90']:.2f}" for t in stages.values()) + " |")
-    lines += ["", f"Search stages at the paper's dimensions (N={args.n:,} x 32 coarse, K={engine.top_k} x 1024 fine):", "",
-              "| stage | p50 | p90 |", "|---|---:|---:|"]
-    lines += [f"| {name} | {t['p50']:.2f} | {t['p90']:.2f} |" for name, t in search_stages.items()]
-    lines += ["", f"Command: `python benchmarks/query.py {' '.join(f'--{k.replace(chr(95), chr(45))} {v}' for k, v in vars(args).items() if v is not None)}`", ""]
     atomic_write_text(RESULTS / f"{stem}.md", "\n".join(lines))
     print("\n".join(lines))
 

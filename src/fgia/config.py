@@ -59,6 +59,9 @@ def _coerce(hint: Any, value: Any) -> Any:
         return Path(value)
     if origin is tuple and isinstance(value, list):
         return tuple(value)
+    if origin is list and isinstance(value, list):
+        [item] = typing.get_args(hint) or [Any]
+        return [_coerce(item, v) for v in value]
     return value
 
 

@@ -6,9 +6,15 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from fgia.cli import main
+from fgia.config import save_yaml
+from fgia.data.synthetic import SynthConfig
+from fgia.eval.methods import MethodsConfig
+from fgia.models import create_model, save_model
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -115,3 +121,32 @@ def test_train_index_search_round_trip(tiny_synth, tmp_path, monkeypatch, capsys
     code, _, err = run_cli(monkeypatch, capsys, "index", str(tmp_path / "system"), str(tiny_synth),
                            "--out", str(tmp_path / "index"), "--append")
     assert code == 0, err
+
+
+def test_explain_image_and_histogram(tmp_path, monkeypatch, capsys, tiny_synth):
+    save_model(create_model("cnnets", num_classes=2, backbone="test_efficientnet"), tmp_path / "m", ["wren", "tit"])
+    Image.fromarray(np.full((40, 50, 3), 120, np.uint8)).save(tmp_path / "bird.jpg")
+    code, out, _ = run_cli(monkeypatch, capsys, "explain", str(tmp_path / "m"), str(tmp_path / "bird.jpg"), "--out",
+                           str(tmp_path / "x.png"), "--image-size", "64")
+    assert code == 0 and "x.png" in out and ("wren" in out or "tit" in out)
+    assert Image.open(tmp_path / "x.png").format == "PNG"
+    code, out, _ = run_cli(monkeypatch, capsys, "explain", str(tmp_path / "m"), "--histogram",
+                           str(tiny_synth.parent), "--out", str(tmp_path / "h.png"), "--image-size", "64")
+    assert code == 0 and "conv" in out and "norm" in out and (tmp_path / "h.png").is_file()
+
+
+def test_explain_and_bench_methods_refuse_bad_requests(tmp_path, monkeypatch, capsys):
+    for args in (["explain", str(tmp_path)], ["explain", str(tmp_path), str(tmp_path / "x.jpg")],
+                 ["bench", "methods", "--shared", str(tmp_path / "none")]):
+        code, out, err = run_cli(monkeypatch, capsys, *args)
+        assert code != 0 and "Traceback" not in out + err
+
+
+def test_bench_methods_synthetic_keeps_the_single_table(tmp_path, monkeypatch, capsys):
+    cfg = MethodsConfig(image_size=32, epochs=1, batch_size=8, device="cpu", whiten=False,
+                        synth=SynthConfig(categories=1, species_per_category=4, images_per_species=6, image_size=32))
+    save_yaml(cfg, tmp_path / "m.yaml")
+    code, out, _ = run_cli(monkeypatch, capsys, "bench", "methods", "--synthetic", "--methods", "gap-offtheshelf",
+                           "--config", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "t.md"))
+    assert code == 0 and "| gap-offtheshelf |" in out
+    assert json.loads((tmp_path / "t.json").read_text())["rows"][0]["method"] == "gap-offtheshelf"

@@ -63,12 +63,13 @@ def test_huge_jpeg_is_reduced_while_decoding(tmp_path):
     assert out.width * out.height <= 300 * 200
     assert out.width / out.height == pytest.approx(1.5, rel=0.02)
     assert out.info[ORIGINAL_SIZE_KEY] == (2400, 1600)
-    # the decompression-bomb limit refuses a PNG that would need too many pixels, but a JPEG that draft
-    # mode reduces below the limit still loads
+    # the decompression-bomb limit refuses a PNG that would need too many bytes decoded (600 x 400 RGB takes
+    # 4 bytes a pixel), but a JPEG that draft mode reduces below the limit still loads
     png = write_image(tmp_path / "big.png", size=(600, 400))
     with pytest.raises(ImageLoadError, match="decompression-bomb"):
-        load_image(png, max_decode_pixels=100_000)
-    assert load_image(path, max_pixels=40_000, max_decode_pixels=200_000).width <= 300
+        load_image(png, max_decode_bytes=4 * 600 * 400 - 1)
+    assert load_image(png, max_decode_bytes=4 * 600 * 400).size == (600, 400)
+    assert load_image(path, max_pixels=40_000, max_decode_bytes=800_000).width <= 300
 
 
 @pytest.mark.parametrize("case", ["missing", "garbage", "truncated", "empty"])

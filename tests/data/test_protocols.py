@@ -13,6 +13,7 @@ from fgia.data import (
     Sample,
     build_osfgir_split,
     official_split,
+    stratified_split,
     zero_shot_split,
 )
 
@@ -45,6 +46,22 @@ def test_zero_shot_split_halves_classes_in_order():
     assert test.classes == ["cars_003", "cars_004"]
     assert sorted(set(test.labels)) == [0, 1] and len(train) + len(test) == len(ds)
     assert {s.path.parent.name for s in test} == {"c3", "c4"}
+
+
+def test_stratified_split_halves_each_class_and_is_seeded():
+    ds = make_ds("cars", 3, 5)
+    ds.samples = [s for s in ds.samples if not (s.label == 2 and s.path.stem != "0")]  # class 2: one image
+    ds.samples.append(Sample(Path("/data/unlabelled.jpg"), label=-1))
+    train, test = stratified_split(ds, 0.5, seed=0)
+    per_class = {c: (train.labels.count(c), test.labels.count(c)) for c in range(3)}
+    assert per_class == {0: (3, 2), 1: (3, 2), 2: (1, 0)}  # floor(0.5 n) tested; the unlabelled image is dropped
+    assert not {s.path for s in train} & {s.path for s in test} and train.classes == test.classes == ds.classes
+    again = stratified_split(ds, 0.5, seed=0)[1]
+    other = stratified_split(ds, 0.5, seed=1)[1]
+    assert [s.path for s in again] == [s.path for s in test]
+    assert {s.path for s in other} != {s.path for s in test}
+    with pytest.raises(DatasetError, match="test fraction"):
+        stratified_split(ds, 1.0)
 
 
 def test_osfgir_split_disjoint_species_queries_removed_distractors():

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from fakes import save_mat, struct_array, write_image, write_lines
 
-from fgia.data import DatasetError, detect_format, list_formats, read_dataset, write_manifest
+from fgia.data import (
+    DatasetError,
+    detect_format,
+    list_formats,
+    read_dataset,
+    write_manifest,
+)
 from fgia.data.readers.manifest import read_manifest
 
 
@@ -276,8 +282,8 @@ def test_manifest_errors_name_the_line(tmp_path, rows, message):
 def test_list_formats_names_every_layout():
     names = [n for n, _ in list_formats()]
     assert set(names) == {"cub200", "stanford_cars", "stanford_dogs", "fgvc_aircraft", "flowers102", "nabirds",
-                          "food101", "inat", "folder", "manifest"}
-    assert names[-1] == "folder"  # the generic fallback is tried last
+                          "food101", "inat", "folder", "manifest", "images"}
+    assert names[-2:] == ["folder", "images"]  # the generic fallbacks are tried last, labelled before unlabelled
     assert all(desc for _, desc in list_formats())
 
 

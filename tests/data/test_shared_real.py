@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from fgia.data import build_osfgir_split, load_image, official_split, read_shared_composite, zero_shot_split
+from fgia.data import (
+    build_osfgir_split,
+    load_image,
+    official_split,
+    read_shared_composite,
+    zero_shot_split,
+)
 
 pytestmark = pytest.mark.shared_data
 

@@ -1,4 +1,4 @@
-"""Transforms, the torch dataset (bbox crop) and the loader that skips unreadable images."""
+"""Transforms, the torch dataset and the loader that skips unreadable images."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from fakes import write_image
 from PIL import Image
 
-from fgia.data import LITE_MEAN, LITE_STD, ImageDataset, Sample, TransformConfig, build_transform, make_loader
+from fgia.data import Sample, build_transform, make_loader
 
 
 def test_eval_transform_shape_and_normalisation(tmp_path):
@@ -20,35 +20,20 @@ def test_eval_transform_shape_and_normalisation(tmp_path):
     expected = (torch.tensor([1.0, 0.0, 128 / 255]) - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor(
         [0.229, 0.224, 0.225])
     assert torch.allclose(out[:, 16, 16], expected, atol=1e-4)
-    lite = build_transform(False, size=32, mean=LITE_MEAN, std=LITE_STD, crop_pct=None)(im)
+    lite = build_transform(False, size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=None)(im)
     assert lite.shape == (3, 32, 32) and lite.min() >= -1 and lite.max() <= 1
     assert lite[0, 0, 0].item() == pytest.approx(1.0)
 
 
-def test_train_transform_is_random_and_config_builds_the_same():
+def test_train_transform_is_random():
     im = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    t = TransformConfig(size=24).build(train=True)
+    t = build_transform(True, size=24)
     torch.manual_seed(0)
     a, b = t(im), t(im)
     assert a.shape == b.shape == (3, 24, 24)
     assert not torch.equal(a, b)
     with pytest.raises(ValueError, match="crop_pct"):
         build_transform(False, crop_pct=1.5)
-
-
-def test_dataset_crops_to_bbox_in_original_pixels(tmp_path):
-    img = Image.new("RGB", (40, 20), (0, 0, 255))
-    img.paste((255, 0, 0), (20, 0, 40, 20))  # right half red
-    img.save(tmp_path / "a.png")
-    s = Sample(tmp_path / "a.png", label=3, bbox=(20.0, 0.0, 40.0, 20.0))
-    image, label, index = ImageDataset([s], crop_to_bbox=True)[0]
-    assert image.size == (20, 20) and label == 3 and index == 0
-    assert np.asarray(image)[..., 0].min() == 255  # only the red half remains
-    # the box maps onto a reduced image too
-    small, _, _ = ImageDataset([s], crop_to_bbox=True, max_pixels=200)[0]
-    assert np.asarray(small)[..., 2].max() < 60 and small.width <= 10
-    wide, _, _ = ImageDataset([s], crop_to_bbox=True, bbox_margin=0.5)[0]
-    assert wide.size == (30, 20)  # margin clipped at the image border
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -37,7 +37,7 @@ def test_zero_shot_scores_hand_computed():
     # 1-D features [0, 1, 10, 11], labels [a, b, a, b]: the one relevant item of each query is at rank
     # 2 (for 0 and 11) or 3 (for 1: 0, 10, then 11; for 10: 11, 1, then 0); the query itself is left out
     feats = np.array([[0.0], [1.0], [10.0], [11.0]])
-    scores = zero_shot_scores(feats, np.array([0, 1, 0, 1]), device="cpu")
+    scores = zero_shot_scores(feats, np.array([0, 1, 0, 1]))
     assert scores["R@1"] == 0.0 and scores["R@2"] == 0.5 and scores["R@4"] == 1.0
     assert scores["mAP"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 3 + 1 / 2) / 4)
     assert scores["mAP@R"] == 0.0
@@ -68,10 +68,9 @@ def test_offtheshelf_row_equals_direct_retrieval(split):
     assert [r.method for r in rows] == ["gap-offtheshelf", "crow-offtheshelf"]
     seed_everything(CFG.seed)
     trunk = create_trunk(CFG.backbone).eval()
-    feats = extract_descriptors(trunk, create_descriptor("gap"), test.samples, image_size=32, workers=0,
-                                device="cpu").image
+    feats = extract_descriptors(trunk, create_descriptor("gap"), test.samples, image_size=32, workers=0).image
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    expected = zero_shot_scores(feats, np.asarray(test.labels), device="cpu")
+    expected = zero_shot_scores(feats, np.asarray(test.labels))
     gap = rows[0]
     assert gap.feature_dim == 512 and gap.top1 is None and gap.ms_per_image > 0
     assert gap.mAP == pytest.approx(expected["mAP"], abs=1e-6)

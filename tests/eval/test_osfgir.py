@@ -9,11 +9,18 @@ import pytest
 from rich.console import Console
 
 from fgia.config import load_yaml, save_yaml
-from fgia.data import FineGrainedDataset, OsfgirSplit, Sample
+from fgia.data import DatasetError, FineGrainedDataset, OsfgirSplit, Sample
 from fgia.data import OsfgirConfig as SplitConfig
-from fgia.eval.osfgir import OsfgirConfig, default_config, evaluate_osfgir, run_osfgir, split_by_category
+from fgia.eval.osfgir import (
+    OsfgirConfig,
+    default_config,
+    evaluate_osfgir,
+    run_osfgir,
+    split_by_category,
+)
 from fgia.retrieval.engine import STAGES, RetrievalEngine
 from fgia.retrieval.system import SelectionConfig, SystemConfig
+from fgia.runtime import output_kind
 
 ROWS = ["coarse-32d", "coarse-full", "unified", "c2f-image", "c2f-unified", "c2f", "c2f+qe", "gap-offtheshelf",
         "plain-finetuned"]
@@ -62,7 +69,8 @@ def test_run_writes_reports_and_resolved_config(run):
     assert "Table 4" in (out / "report.md").read_text() and "base64" in (out / "report.html").read_text()
     again = load_yaml(OsfgirConfig, out / "osfgir.yaml")
     assert again.system == cfg.system and again.seed == 3 and again.data == cfg.data
-    assert (out / "split" / "split.json").is_file() and (out / "index" / "engine.json").is_file()
+    assert (out / "split" / "split.json").is_file() and (out / "index" / "manifest.json").is_file()
+    assert output_kind(out) == "osfgir run" and output_kind(out / "index") == "index"
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "osfgir.yaml", "real.yaml", "real_quick.yaml"])
@@ -73,12 +81,19 @@ def test_packaged_configs_load(name):
         default_config("nope.yaml")
 
 
-def test_split_by_category_needs_categories(tmp_path):
+def test_split_by_category(tmp_path):
     samples = [Sample(tmp_path / "a.jpg", 0, category="birds"), Sample(tmp_path / "b.jpg", -1, category="x")]
     per_category, distractors = split_by_category(FineGrainedDataset("d", tmp_path, ["sp"], samples))
     assert list(per_category) == ["birds"] and len(distractors) == 1
+    # a set without meta-categories is one category named after its folder
+    root = tmp_path / "museum_birds"
+    per_category, distractors = split_by_category(FineGrainedDataset("d", root, ["sp"], [Sample(root / "a.jpg", 0)]))
+    assert list(per_category) == ["museum_birds"] and distractors is None
+    mixed = [Sample(root / "a.jpg", 0, category="birds"), Sample(root / "b.jpg", 0)]
     with pytest.raises(ValueError, match="no meta-category"):
-        split_by_category(FineGrainedDataset("d", tmp_path, ["sp"], [Sample(tmp_path / "a.jpg", 0)]))
+        split_by_category(FineGrainedDataset("d", root, ["sp"], mixed))
+    with pytest.raises(DatasetError, match="no labelled images"):
+        split_by_category(FineGrainedDataset("d", root, ["sp"], [Sample(root / "a.jpg", -1)]))
 
 
 def test_coarse_row_matches_a_hand_computed_map(run):
@@ -86,7 +101,7 @@ def test_coarse_row_matches_a_hand_computed_map(run):
     engine = RetrievalEngine.load(cfg.out_dir / "index", device="cpu")
     queries = OsfgirSplit.load(cfg.out_dir / "split").queries
     qf = engine.query_features(queries.samples)
-    db, db_labels = engine.arrays["unified"], engine.labels()
+    db, db_labels = engine.store.array("unified"), engine.labels()
     aps = []
     for q, label in zip(qf.unified, np.array(queries.labels)[qf.index]):
         relevant = db_labels[np.argsort(((db - q) ** 2).sum(1), kind="stable")] == label
@@ -103,3 +118,26 @@ def test_evaluate_osfgir_runs_a_config_file_and_prints_tables(run, tmp_path):
     text = console.export_text()
     assert "Table 5: retrieval mAP" in text and "Table 6" in text and str(tmp_path / "out" / "report.html") in text
     assert [r["mAP"] for r in again.rows] == [r["mAP"] for r in report.rows]  # same config and seed: same numbers
+
+
+def test_baselines_rank_the_images_the_index_holds(run, tmp_path):
+    """The index skips repeated files (same content, another path); every method must rank what it holds."""
+    import shutil
+    from dataclasses import replace as dc_replace
+
+    from fgia.eval.osfgir import indexed_samples
+    from fgia.retrieval.engine import build_index
+
+    cfg, _ = run
+    database = OsfgirSplit.load(cfg.out_dir / "split").database
+    copy = tmp_path / "copy.png"
+    shutil.copyfile(database.samples[1].path, copy)
+    with_copy = dc_replace(database, samples=[*database.samples[:3], dc_replace(database.samples[1], path=copy),
+                                              *database.samples[3:]])
+    result = build_index(cfg.out_dir / "system", with_copy, tmp_path / "index", device="cpu")
+    assert result.duplicates == 1
+    engine = RetrievalEngine.load(tmp_path / "index", device="cpu")
+    rows = indexed_samples(engine, with_copy)
+    assert rows == [i for i in range(len(with_copy)) if i != 3]
+    assert [with_copy.samples[i].label for i in rows] == [with_copy.classes.index(engine.classes[label])
+                                                          if label >= 0 else -1 for label in engine.labels()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fgia.eval.metrics import evaluate_hamming
+from fgia.metrics import evaluate_hamming
 from fgia.features.binary import BinaryEncoder, binarize
 
 
@@ -17,7 +17,7 @@ def _clusters(classes=8, per_class=25, dim=32, spread=0.6, seed=0):
 
 
 def _map(codes, labels):
-    return evaluate_hamming(codes, labels, codes, labels, exclude_ids=np.arange(len(labels)), device="cpu")["mAP"]
+    return evaluate_hamming(codes, labels, codes, labels, exclude_ids=np.arange(len(labels)))["mAP"]
 
 
 def test_binarize_is_the_sign_with_zero_as_minus_one():

@@ -68,3 +68,23 @@ def test_attention_crop_checkpoint_round_trip(tmp_path):
     x = torch.rand(1, 3, 64, 64)
     assert loaded.threshold == 0.4 and info["embedding_dim"] == 1024
     assert torch.allclose(loaded(x).logits, model(x).logits, atol=1e-5)
+
+
+def test_frozen_stages_are_fixed_but_never_cached(tiny_synth):
+    from fgia.data import read_dataset
+    from fgia.models.frozen import FrozenLowerTrunk
+    from fgia.train import TrainConfig, fit
+
+    model = create_model("attention_crop", num_classes=2, backbone="resnet18", frozen_stages=4)
+    assert not isinstance(model, FrozenLowerTrunk)  # the crop pass needs the image: nothing to cache
+    assert not any(p.requires_grad for p in model.lower_trunk().parameters())
+    before = {k: v.clone() for k, v in model.trunk.stages[:4].state_dict().items()}
+    ds = read_dataset(tiny_synth).with_classes([0, 1])
+    cfg = TrainConfig(model="attention_crop", image_size=32, epochs=1, batch_size=4, workers=0, device="cpu",
+                      cache_trunk=True)
+    result = fit(cfg, ds, progress=False, model=model)
+    after = result.model.trunk.stages[:4].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BatchNorm statistics untouched
+    assert result.history[0]["loss"] > 0
+    with pytest.raises(ValueError, match="frozen_stages must be in"):
+        create_model("attention_crop", num_classes=2, backbone="resnet18", frozen_stages=5)

@@ -100,3 +100,23 @@ def test_pooling_runs_in_float32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         out = model(torch.rand(1, 3, 64, 64))
     assert out.embedding.dtype == torch.float32 and torch.isfinite(out.logits).all()
+
+
+@pytest.mark.parametrize("name", ["bilinear", "compact_bilinear"])
+def test_frozen_stages_split_the_forward_and_stay_fixed(name):
+    model = create_model(name, num_classes=3, backbone="resnet18", reduce_dim=8, frozen_stages=3,
+                         **({"dim": 32} if name == "compact_bilinear" else {}))
+    assert model.config["frozen_stages"] == 3 and len(model.lower_trunk()) == 3
+    assert not any(p.requires_grad for p in model.lower_trunk().parameters())
+    assert all(p.requires_grad for p in model.trunk.stages[3:].parameters())
+    model.train()
+    assert not any(m.training for i in range(3) for m in model.trunk.stages[i].modules())
+    assert model.trunk.stages[3].training
+    model.eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        whole = model(images)
+        split = model.forward_top(model.lower_trunk()(images))
+    assert torch.allclose(whole.logits, split.logits) and torch.allclose(whole.embedding, split.embedding)
+    with pytest.raises(ValueError, match="frozen_stages must be in"):
+        create_model(name, num_classes=3, backbone="resnet18", frozen_stages=5)

@@ -7,9 +7,14 @@ import shutil
 import numpy as np
 import pytest
 
-from fgia.data import ImageLoadError, load_image
+from fgia.data import load_image
 from fgia.index import IndexMismatchError
-from fgia.retrieval.engine import PIPELINES, STAGES, RetrievalEngine, build_index, search_files
+from fgia.retrieval.engine import (
+    PIPELINES,
+    STAGES,
+    RetrievalEngine,
+    build_index,
+)
 from fgia.retrieval.system import CLASSIFIER_FILE, CoarseClassifier
 
 
@@ -23,13 +28,13 @@ def test_index_holds_every_stage_for_every_database_image(built, engine):
     stats = engine.stats()
     assert stats["images"] == len(engine) == n
     assert stats["labelled"] == sum(s.label >= 0 for s in built.split.database.samples)
-    names = {"coarse", "unified", "route", "box", "fine/unified", "codes/64"}
-    names |= {f"fine/{c}" for c in stats["categories"]}
+    names = {"coarse", "unified", "box", "fine/unified", "codes/64"} | {f"fine/{c}" for c in stats["categories"]}
     assert set(stats["dims"]) == names  # category models: a fine feature under each of them too
     assert stats["dims"]["coarse"] == 4 and stats["dims"]["fine/unified"] == 16  # [8-d image, 8-d region]
     assert set(engine.system.models) == {"unified", "offtheshelf", *stats["categories"]}
     for name in names - {"coarse"}:
-        assert len(engine.arrays[name]) == n
+        assert len(engine.store.array(name)) == n
+    assert set(engine.routes) <= set(range(len(stats["categories"]))) and len(engine.routes) == n  # in the metadata
     assert engine.image_path(3) == built.split.database.samples[3].path.resolve()
     with pytest.raises(IndexError, match="outside the index"):
         engine.image_path(n)
@@ -44,7 +49,7 @@ def test_a_database_image_finds_itself_first(built, engine, pipeline):
     assert result.distances[0] == pytest.approx(0.0, abs=1e-3)
     assert len(result.ids) == 5
     # c2f ranks candidates routed like the query first, each group by distance; single-stage by distance only.
-    other = engine.arrays["route"][result.ids, 0] != engine.system.categories.index(result.category)
+    other = engine.routes[result.ids] != engine.system.categories.index(result.category)
     if not pipeline.startswith("c2f"):
         other[:] = False
     assert other.tolist() == sorted(other.tolist())
@@ -91,7 +96,7 @@ def test_full_rankings_cover_the_database_candidates_first(built, engine):
         assert sorted(full.ids[i].tolist()) == list(range(len(engine)))
         assert full.ids[i, : engine.top_k].tolist() == top.ids[i].tolist()
         rest = full.ids[i, engine.top_k :]  # after the candidates: the rest of the database in coarse order
-        coarse = np.linalg.norm(engine.arrays["coarse"][rest] - qf.coarse[i], axis=1)
+        coarse = np.linalg.norm(engine.store.array("coarse")[rest] - qf.coarse[i], axis=1)
         assert (np.diff(coarse) >= -1e-6).all()
 
 
@@ -99,8 +104,8 @@ def test_query_expansion_searches_again_from_the_averaged_query(built, engine):
     qf = engine.query_features(built.split.queries.samples[:1])
     plain = engine.rank(qf, "unified", top_k=len(engine))
     top = plain.ids[0, : engine.system.config.qe_top]
-    expanded = (qf.unified[0] + engine.arrays["unified"][top].sum(0)) / (1 + len(top))
-    by_hand = np.argsort(np.linalg.norm(engine.arrays["unified"] - expanded, axis=1), kind="stable")
+    expanded = (qf.unified[0] + engine.store.array("unified")[top].sum(0)) / (1 + len(top))
+    by_hand = np.argsort(np.linalg.norm(engine.store.array("unified") - expanded, axis=1), kind="stable")
     np.testing.assert_array_equal(engine.rank(qf, "unified", query_expansion=True, top_k=len(engine)).ids[0],
                                   by_hand)
 
@@ -136,17 +141,7 @@ def test_append_equals_building_at_once(built, engine, tmp_path):
     result = build_index(built.system_dir, rest, tmp_path / "idx", append=True, device="cpu")
     assert (result.added, result.total) == (len(rest), len(db))
     appended = RetrievalEngine.load(tmp_path / "idx", device="cpu")
-    np.testing.assert_allclose(appended.arrays["fine/unified"], engine.arrays["fine/unified"], atol=1e-5)
+    np.testing.assert_allclose(appended.store.array("fine/unified"), engine.store.array("fine/unified"), atol=1e-5)
     assert appended.classes and set(appended.classes) == set(engine.classes)
     image = load_image(built.split.queries.samples[0].path)
     assert appended.search([image])[0].paths == engine.search([image])[0].paths
-
-
-def test_search_files_reads_paths_and_reports_bad_ones(built, tmp_path):
-    path = built.split.queries.samples[0].path
-    [result] = search_files(built.index_dir, [path], top_k=4, device="cpu")
-    assert len(result.ids) == 4
-    bad = tmp_path / "broken.jpg"
-    bad.write_bytes(b"not an image")
-    with pytest.raises(ImageLoadError):
-        search_files(built.index_dir, [bad], device="cpu")

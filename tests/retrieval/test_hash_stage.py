@@ -16,13 +16,13 @@ def engine(built) -> RetrievalEngine:
 
 def _hamming(engine, qf):
     codes = binary_codes(engine.system, qf.codes, 64)
-    return (codes[:, None, :] != engine.arrays["codes/64"][None]).sum(2)
+    return (codes[:, None, :] != engine.store.array("codes/64")[None]).sum(2)
 
 
 def test_the_system_trains_a_hashing_model_and_the_index_stores_its_codes(built, engine):
     assert (built.system_dir / "hash" / "model.yaml").is_file()
     assert set(engine.system.hash_model.code_slices) == {16, 64} and engine.stats()["codes"] == 64
-    stored = engine.arrays["codes/64"]
+    stored = engine.store.array("codes/64")
     assert stored.shape == (len(engine), 64) and set(np.unique(stored)) == {-1.0, 1.0}
     index = engine.store.index("codes/64")
     assert index.factory == "BFlat" and len(index) == len(engine)
@@ -81,5 +81,5 @@ def test_binary_ivf_code_index(built, tmp_path):
     qf = engine.query_features(built.split.queries.samples[:2])
     ranking = engine.rank(qf, "hash", top_k=len(engine))
     codes = binary_codes(engine.system, qf.codes, 16)
-    hamming = (codes[:, None, :] != engine.arrays["codes/16"][None]).sum(2)
+    hamming = (codes[:, None, :] != engine.store.array("codes/16")[None]).sum(2)
     np.testing.assert_array_equal(np.sort(ranking.distances, axis=1), np.sort(hamming, axis=1))

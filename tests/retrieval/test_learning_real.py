@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from fgia.data import read_dataset
-from fgia.eval.metrics import evaluate_retrieval
 from fgia.features.extract import extract_models
 from fgia.features.pca import l2_normalize
+from fgia.metrics import evaluate_retrieval
 from fgia.models import create_model
 from fgia.train import TrainConfig, fit
 
@@ -41,14 +41,14 @@ def test_learned_embedding_beats_offtheshelf_gap_on_unseen_car_models(shared_dat
     test = _per_class(cars, set(range(98, 128)), 20).with_classes(range(98, 128))
     cfg = TrainConfig(model="cnnets", model_kwargs=MODEL, image_size=SIZE, epochs=4, batch_size=32, optimizer="adamw",
                       lr=5e-3, backbone_lr_scale=0.2, weight_decay=1e-4, label_smoothing=0.1, warmup_epochs=0.3,
-                      workers=0, device="cpu")
+                      workers=0)
     learned = fit(cfg, train, progress=False).model
     offtheshelf = create_model("plain", num_classes=1, backbone=MODEL["backbone"], weights=MODEL["weights"],
                                frozen_stages=learned.frozen_stages)
     feats = extract_models({"learned": learned, "gap": offtheshelf}, test.samples, image_size=SIZE, regions=False,
-                           workers=0, device="cpu")
+                           workers=0)
     labels = np.array(test.labels)
     leave_one_out = np.arange(len(labels))
     scores = {name: evaluate_retrieval(l2_normalize(f.image), labels, l2_normalize(f.image), labels, ks=(1,),
-                                       exclude_ids=leave_one_out, device="cpu")["mAP"] for name, f in feats.items()}
+                                       exclude_ids=leave_one_out)["mAP"] for name, f in feats.items()}
     assert scores["learned"] > scores["gap"] + 0.03, scores

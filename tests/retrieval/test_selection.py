@@ -7,7 +7,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fgia.data import DatasetError, FineGrainedDataset, Sample, hold_out_classes, read_dataset
+from fgia.data import (
+    DatasetError,
+    FineGrainedDataset,
+    Sample,
+    hold_out_classes,
+    read_dataset,
+)
 from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.retrieval.system import (
     SelectionConfig,

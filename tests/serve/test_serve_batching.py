@@ -1,4 +1,4 @@
-"""The engine worker: serial on CPU, micro-batches of equal options on GPU, errors confined to their batch."""
+"""The engine worker: micro-batches of equal options, errors confined to their batch, abandoned queries dropped."""
 
 from __future__ import annotations
 
@@ -93,3 +93,24 @@ def test_cancelled_query_is_skipped(fake_engine, solid):
     kept = asyncio.run(scenario())
     assert [c["n"] for c in fake_engine.calls] == [1]
     assert kept.labels[0] == "green species"
+
+
+def test_a_query_whose_client_went_away_is_dropped_before_it_is_computed(fake_engine, solid):
+    async def scenario():
+        batcher = SearchBatcher(fake_engine, max_batch=8, max_wait_ms=300)
+
+        async def gone() -> bool:
+            return True
+
+        async def here() -> bool:
+            return False
+
+        abandoned = asyncio.ensure_future(batcher.search(query(solid, "red"), C2F, gone=gone))
+        await asyncio.sleep(0.1)  # the watcher notices while the batch still waits for company
+        answered = await batcher.search(query(solid, "blue"), C2F, gone=here)
+        await batcher.stop()
+        return abandoned, answered
+
+    abandoned, (result, _) = asyncio.run(scenario())
+    assert abandoned.cancelled() and result.labels[0] == "blue species"
+    assert [c["n"] for c in fake_engine.calls] == [1]  # only the query whose client stayed was computed

@@ -20,8 +20,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-c
 @pytest.fixture(scope="module")
 def served(real_index) -> Iterator[str]:
     """`python -m fgia.serve` over the real tiny index, on a free loopback port."""
-    with serve_subprocess(real_index[0], device="cpu", startup_timeout_s=90) as url:
-        yield url
+    with serve_subprocess(real_index[0], device="cpu", startup_timeout_s=90) as server:
+        yield server.url
 
 
 def test_upload_shows_results_and_click_requeries(served, real_index, tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fgia.eval.metrics import evaluate_hamming
+from fgia.metrics import evaluate_hamming
 from fgia.features.binary import binarize
 from fgia.models import create_model
 from fgia.train import fit
@@ -62,7 +62,7 @@ def test_training_groups_codes_by_class(one_category, tiny_config, model, loss):
 
     def hamming_map(m):
         codes = binarize(cache.embeddings(m, train.samples))
-        return evaluate_hamming(codes, labels, codes, labels, exclude_ids=np.arange(len(labels)), device="cpu")["mAP"]
+        return evaluate_hamming(codes, labels, codes, labels, exclude_ids=np.arange(len(labels)))["mAP"]
 
     assert hamming_map(trained) > hamming_map(untrained) + 0.1
 

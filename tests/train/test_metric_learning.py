@@ -53,6 +53,7 @@ def test_model_dims_probe():
         ("multi_similarity", {}),
         ("triplet", {"type_of_triplets": "all", "margin": 0.2}),
         ("arcface", {"ce_weight": 0.5}),
+        ("normalized_softmax", {}),
     ],
 )
 def test_each_loss_trains_an_embedding(loss, kwargs):

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from fgia.config import from_dict, to_dict
-from fgia.data.readers import DatasetError, read_dataset, write_manifest
+from fgia.data.compose import DatasetSpec, merge_categories, read_composite
+from fgia.data.readers import DatasetError, write_manifest
 from fgia.data.readers.manifest import read_manifest
 from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.runtime import atomic_write_text
@@ -27,6 +28,30 @@ def official_split(ds: FineGrainedDataset) -> tuple[FineGrainedDataset, FineGrai
         found = sorted({str(s.split) for s in ds.samples})
         raise DatasetError(f"{ds.name} has no official train/test split (splits found: {', '.join(found)})")
     return train, test
+
+
+def stratified_split(ds: FineGrainedDataset, test_fraction: float = 0.5,
+                     seed: int = 0) -> tuple[FineGrainedDataset, FineGrainedDataset]:
+    """(train, test) by image, class by class: a seeded floor(`test_fraction` x n) of each class's n labelled images
+    is tested, the rest trains (a class with one image only trains). Both keep the dataset's class list; for a
+    dataset whose test half is not shipped (Stanford Cars' train folder alone, a partial Flowers 102)."""
+    if not 0 < test_fraction < 1:
+        raise DatasetError(f"the test fraction must be in (0, 1), got {test_fraction}")
+    by_class: dict[int, list[int]] = {}
+    for i, s in enumerate(ds.samples):
+        if s.label >= 0:
+            by_class.setdefault(s.label, []).append(i)
+    if not by_class:
+        raise DatasetError(f"{ds.name}: a stratified split needs labelled images, found none")
+    rng = np.random.default_rng(seed)
+    tested: set[int] = set()
+    for label in sorted(by_class):
+        members = by_class[label]
+        tested.update(np.asarray(members)[rng.permutation(len(members))[: int(test_fraction * len(members))]].tolist())
+    labelled = {i for members in by_class.values() for i in members}
+    train = [s for i, s in enumerate(ds.samples) if i in labelled and i not in tested]
+    test = [s for i, s in enumerate(ds.samples) if i in tested]
+    return replace(ds, name=f"{ds.name}:train", samples=train), replace(ds, name=f"{ds.name}:test", samples=test)
 
 
 def zero_shot_split(ds: FineGrainedDataset) -> tuple[FineGrainedDataset, FineGrainedDataset]:
@@ -212,6 +237,32 @@ def build_osfgir_split(
     )
 
 
+def database_split(
+    auxiliary: dict[str, FineGrainedDataset], database: FineGrainedDataset, query_fraction: float = 0.1,
+    seed: int = 0,
+) -> OsfgirSplit:
+    """A split for a user's own database: every labelled species of `auxiliary` ({meta-category: dataset}) forms
+    AD, the `database` (any images, labels optional) is D, and a seeded `query_fraction` of it (at least one
+    image) becomes the queries and leaves D. The database's own labels, when it has some, say what is relevant."""
+    if not 0 < query_fraction < 1:
+        raise DatasetError(f"query_fraction must be in (0, 1), got {query_fraction}")
+    if len(database) < 2:
+        raise DatasetError(f"database {database.name!r} needs at least 2 images (a query and an image to find)")
+    rng = np.random.default_rng([seed, zlib.crc32(database.name.encode())])
+    n_queries = min(len(database) - 1, max(1, round(query_fraction * len(database))))
+    picked = set(rng.choice(len(database), size=n_queries, replace=False).tolist())
+    merged = merge_categories(auxiliary)
+    queries = [s for i, s in enumerate(database.samples) if i in picked]
+    rest = [s for i, s in enumerate(database.samples) if i not in picked]
+    return OsfgirSplit(
+        auxiliary=replace(merged, name=f"{merged.name}:AD"),
+        database=replace(database, name=f"{database.name}:D", samples=rest),
+        queries=replace(database, name=f"{database.name}:Q", samples=queries),
+        categories=list(auxiliary),
+        config=OsfgirConfig(aux_fraction=1.0, query_fraction=query_fraction, seed=seed),
+    )
+
+
 def _cap(images: list[Sample], limit: int | None, rng: np.random.Generator) -> list[Sample]:
     """At most `limit` images, drawn at random but kept in their original order."""
     if limit is None or len(images) <= limit:
@@ -220,11 +271,11 @@ def _cap(images: list[Sample], limit: int | None, rng: np.random.Generator) -> l
     return [images[i] for i in keep]
 
 
-SHARED_COMPOSITE = {"birds": "cub100", "cars": "stanford_cars", "flowers": "flowers102_partial"}
-"""Meta-category -> folder of the real-image composite in shared/data."""
+SHARED_COMPOSITE = [DatasetSpec("birds", Path("cub100")), DatasetSpec("cars", Path("stanford_cars")),
+                    DatasetSpec("flowers", Path("flowers102_partial"))]
+"""The shared real-image composite: each meta-category and its folder in shared/data."""
 
 
 def read_shared_composite(root: str | os.PathLike) -> dict[str, FineGrainedDataset]:
     """The shared real-image composite (cub100 as birds, stanford_cars as cars, flowers102_partial as flowers)."""
-    root = Path(root)
-    return {category: read_dataset(root / folder, category=category) for category, folder in SHARED_COMPOSITE.items()}
+    return read_composite(SHARED_COMPOSITE, root)

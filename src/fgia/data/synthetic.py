@@ -26,11 +26,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from fgia.config import save_yaml
-from fgia.runtime import atomic_path
+from fgia.runtime import atomic_path, output_folder
 
 RGB = tuple[int, int, int]
 MANIFEST_COLUMNS = ("path", "label", "split", "x1", "y1", "x2", "y2", "category")
 DISTRACTOR = "distractor"
+SYNTH_KIND = "synthetic benchmark"
 
 
 @dataclass
@@ -462,19 +463,24 @@ def _render_chunk(cfg: SynthConfig, out_dir: Path, indices: range) -> list[list[
 
 
 def generate_benchmark(cfg: SynthConfig, out_dir: str | os.PathLike, workers: int | None = None,
-                       progress: bool = True) -> Path:
+                       progress: bool = True, force: bool = False) -> Path:
     """Render the benchmark into `out_dir` (images/ + manifest.csv + synth_config.yaml); returns the manifest.
 
-    `workers` processes render in parallel (None: one per CPU; 1: in this process). The manifest is written
-    last and atomically, so an interrupted run never leaves a manifest that lists missing images.
+    `workers` processes render in parallel (None: one per CPU; 1: in this process). The benchmark is rendered
+    beside `out_dir` and moved into place when complete; a previous benchmark there is replaced, any other
+    non-empty folder refused unless `force` (see `fgia.runtime.output_folder`).
     """
-    from rich.progress import Progress
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    with output_folder(out_dir, SYNTH_KIND, force=force) as out:
+        _render(cfg, out, workers, progress)
+    return Path(out_dir) / "manifest.csv"
+
+
+def _render(cfg: SynthConfig, out: Path, workers: int, progress: bool) -> None:
+    from rich.progress import Progress
+
     total = cfg.num_images
     step = max(1, min(256, total // (workers * 8)))
     chunks = [range(i, min(i + step, total)) for i in range(0, total, step)]
@@ -491,10 +497,8 @@ def generate_benchmark(cfg: SynthConfig, out_dir: str | os.PathLike, workers: in
                     rows += result
                     bar.advance(task, len(result))
 
-    manifest = out / "manifest.csv"
-    with atomic_path(manifest) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_path(out / "manifest.csv") as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(MANIFEST_COLUMNS)
         writer.writerows(rows)
     save_yaml(cfg, out / "synth_config.yaml")
-    return manifest

@@ -10,28 +10,27 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from fgia.data.images import DEFAULT_MAX_PIXELS, ORIGINAL_SIZE_KEY, ImageLoadError, load_image
+from fgia.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    load_image,
+)
 from fgia.data.samples import Sample
 
 log = logging.getLogger(__name__)
 
 
 class ImageDataset(Dataset):
-    """Samples as (transformed image, label, index); `crop_to_bbox` crops to the sample's box (+ `bbox_margin`
-    of its size on each side) when it has one. Unreadable images raise ImageLoadError."""
+    """Samples as (transformed image, label, index). Unreadable images raise ImageLoadError."""
 
     def __init__(
         self,
         samples: Sequence[Sample],
         transform: Callable[[Image.Image], Any] | None = None,
-        crop_to_bbox: bool = False,
-        bbox_margin: float = 0.0,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
         self.samples = list(samples)
         self.transform = transform
-        self.crop_to_bbox = crop_to_bbox
-        self.bbox_margin = bbox_margin
         self.max_pixels = max_pixels
 
     def __len__(self) -> int:
@@ -40,25 +39,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
         sample = self.samples[index]
         image = load_image(sample.path, max_pixels=self.max_pixels)
-        if self.crop_to_bbox and sample.bbox is not None:
-            image = self._crop(image, sample)
         return (self.transform(image) if self.transform else image), sample.label, index
-
-    def _crop(self, image: Image.Image, sample: Sample) -> Image.Image:
-        """Crop to the box, mapped from original pixels onto the (possibly reduced) image and clipped to it."""
-        ow, oh = image.info.get(ORIGINAL_SIZE_KEY, image.size)
-        sx, sy = image.width / ow, image.height / oh
-        x1, y1, x2, y2 = sample.bbox
-        mx, my = (x2 - x1) * self.bbox_margin, (y2 - y1) * self.bbox_margin
-        box = (
-            max(0, round((x1 - mx) * sx)),
-            max(0, round((y1 - my) * sy)),
-            min(image.width, round((x2 + mx) * sx)),
-            min(image.height, round((y2 + my) * sy)),
-        )
-        if box[2] <= box[0] or box[3] <= box[1]:
-            raise ImageLoadError(sample.path, f"bounding box {sample.bbox} lies outside the {ow}x{oh} image")
-        return image.crop(box)
 
 
 class _Tolerant(Dataset):
@@ -115,11 +96,10 @@ def make_loader(
     workers: int = 0,
     sampler: Sampler | None = None,
     drop_last: bool = False,
-    crop_to_bbox: bool = False,
 ) -> SkippingLoader:
     """Batches of (images, labels, indices) over `samples`, skipping unreadable images; pinned memory on CUDA."""
     return SkippingLoader(
-        _Tolerant(ImageDataset(samples, transform, crop_to_bbox)),
+        _Tolerant(ImageDataset(samples, transform)),
         batch_size=batch_size,
         shuffle=shuffle,
         sampler=sampler,

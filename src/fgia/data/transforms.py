@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LITE_MEAN = (0.5, 0.5, 0.5)  # EfficientNet-Lite checkpoints were trained on inputs scaled to [-1, 1]
-LITE_STD = (0.5, 0.5, 0.5)
 
 
 def build_transform(
@@ -40,20 +36,3 @@ def build_transform(
     else:
         steps = [v2.Resize(round(size / crop_pct), antialias=True), v2.CenterCrop(size)]
     return v2.Compose([v2.ToImage(), *steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
-
-
-@dataclass
-class TransformConfig:
-    """The settings of `build_transform`, as a config section."""
-
-    size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    crop_pct: float | None = 0.875
-    scale_min: float = 0.25
-    jitter: float = 0.2
-    hflip: bool = True
-
-    def build(self, train: bool) -> v2.Compose:
-        """The train or eval transform for these settings."""
-        return build_transform(train, **asdict(self))

@@ -34,7 +34,7 @@ from fgia.eval.realdata import SHARED_DATASETS, Recipe, embed, epoch_logger, mac
 from fgia.features.extract import extract_features
 from fgia.features.pca import l2_normalize
 from fgia.models import create_model, load_model, save_model
-from fgia.runtime import atomic_write_text, pick_device, seed_everything
+from fgia.runtime import atomic_write_text, output_folder, pick_device, seed_everything
 from fgia.train.cache import TrunkCache
 from fgia.train.episodic import EpisodeSampler, EpisodicConfig, meta_train
 from fgia.train.trainer import fit
@@ -124,6 +124,7 @@ def format_few_shot(report: dict[str, tuple[float, float]]) -> str:
 NEAREST_CENTROID = ("nc-offtheshelf", "nc-finetuned")
 META_METHODS = ("protonet", "protonet-bilinear")
 ALL_WAY = 0  # `ways` entry meaning every class that has enough images
+FEWSHOT_EVAL_KIND = "fewshot-eval"
 
 
 @dataclass
@@ -331,17 +332,18 @@ def run_fewshot_bench(shared: str | os.PathLike, cfg: FewShotBenchConfig | None 
 
 def run_fewshot_eval(data: str | os.PathLike, out_dir: str | os.PathLike,
                      config: str | os.PathLike | FewShotBenchConfig | None = None,
-                     data_format: str = "auto") -> dict[str, Any]:
+                     data_format: str = "auto", force: bool = False) -> dict[str, Any]:
     """`fgia eval --task fewshot --data DATA` (no model): meta-train on the first half of DATA's classes and compare
     on the second half (`bench_fewshot` on one dataset); the models go to `out_dir/models`, the report to
-    `out_dir/fewshot.json` and `.md`. `config`: a FewShotBenchConfig or its YAML file."""
+    `out_dir/fewshot.json` and `.md`. `config`: a FewShotBenchConfig or its YAML file. A non-empty `out_dir` that
+    holds no few-shot evaluation is refused unless `force` (`fgia.runtime.output_folder`)."""
     cfg = config if isinstance(config, FewShotBenchConfig) else (
         load_yaml(FewShotBenchConfig, config) if config else FewShotBenchConfig())
     ds = read_dataset(data, data_format)
-    out = Path(out_dir)
-    payload = bench_fewshot({Path(data).stem: ds}, cfg, save_dir=out / "models",
-                            log=lambda line: print(line, flush=True))
-    atomic_write_text(out / "fewshot.json", json.dumps(payload, indent=1))
-    atomic_write_text(out / "fewshot.md", fewshot_markdown(payload))
+    with output_folder(out_dir, FEWSHOT_EVAL_KIND, force=force) as out:
+        payload = bench_fewshot({Path(data).stem: ds}, cfg, save_dir=out / "models",
+                                log=lambda line: print(line, flush=True))
+        atomic_write_text(out / "fewshot.json", json.dumps(payload, indent=1))
+        atomic_write_text(out / "fewshot.md", fewshot_markdown(payload))
     print(fewshot_markdown(payload), flush=True)
     return payload

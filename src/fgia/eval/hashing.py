@@ -31,7 +31,7 @@ import numpy as np
 from fgia.config import to_dict
 from fgia.data import DatasetError, official_split, zero_shot_split
 from fgia.data.samples import FineGrainedDataset
-from fgia.eval.metrics import evaluate_hamming, evaluate_retrieval
+from fgia.metrics import evaluate_hamming, evaluate_retrieval
 from fgia.eval.realdata import SHARED_DATASETS, Recipe, embed, epoch_logger, machine, read_shared, shared_cache
 from fgia.features.binary import BinaryEncoder, binarize
 from fgia.features.pca import l2_normalize
@@ -155,8 +155,7 @@ class _Scorer:
 
     def score(self, database: np.ndarray, queries: np.ndarray, bits: int) -> tuple[dict[str, Any], float]:
         evaluate = evaluate_hamming if bits else evaluate_retrieval
-        scores = evaluate(queries, self.query_labels, database, self.db_labels, ks=(1,), exclude_ids=self.exclude,
-                          device="cpu")
+        scores = evaluate(queries, self.query_labels, database, self.db_labels, ks=(1,), exclude_ids=self.exclude)
         index = create_index(bits or database.shape[1], "BFlat" if bits else "Flat", device="cpu")
         index.add(database)
         k = min(self.search_k, len(database))

@@ -1,15 +1,16 @@
 """`fgia bench methods`: train/evaluate a list of survey methods on one zero-shot split, one Markdown table.
 
 The auxiliary half of the classes (`train`) trains every trained method (its own shipped train/test split,
-or every `holdout_every`-th image per class, gives the held-out images for top-1) and fits the
-PCA-whitening; the other half (`test`) is retrieved leave-one-out (each image queries all the others),
-reporting mAP, mAP@R and Recall@K as the metric-learning literature does for CUB and Cars.
+or every `holdout_every`-th image per class, gives the held-out images for top-1; `holdout_every=None` trains on
+all of it) and fits the PCA-whitening; the other half (`test`) is retrieved leave-one-out (each image queries all
+the others), reporting mAP, mAP@R and Recall@K as the metric-learning literature does for CUB and Cars.
 
 Method names:
   "<descriptor>-offtheshelf"  a registered descriptor on the untrained backbone (`weights`), e.g. "gem-offtheshelf"
   "<descriptor>-finetuned"    the same on the trunk of the "plain" model fine-tuned on the auxiliary set
   "plain", "cnnets", "bilinear", "compact_bilinear", "attention_crop"   trained with cross-entropy; their embedding
-  "proxy_anchor", "multi_similarity", "triplet", "arcface"               "plain" trained with that metric loss
+  "proxy_anchor", "multi_similarity", "triplet", "arcface", "normalized_softmax"   "plain" trained with that loss
+  an alias in `MethodsConfig.aliases`     a variant of a registered model (its own `model_kwargs` entry)
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,6 @@ from fgia.data import DatasetError, official_split, read_dataset, zero_shot_spli
 from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.eval.classify import ClassifyConfig, evaluate_classification
-from fgia.eval.metrics import evaluate_retrieval
 from fgia.features.descriptors import (
     DescriptorModel,
     PreLogits,
@@ -46,13 +45,16 @@ from fgia.features.descriptors import (
 )
 from fgia.features.extract import extract_models
 from fgia.features.pca import l2_normalize
+from fgia.metrics import evaluate_retrieval
 from fgia.models import create_network, create_trunk
-from fgia.runtime import atomic_write_text, seed_everything
+from fgia.models.frozen import FrozenLowerTrunk
+from fgia.runtime import atomic_write_text, pick_device, seed_everything
+from fgia.train.cache import TrunkCache, cache_key
 from fgia.train.config import TrainConfig
 from fgia.train.trainer import fit
 
 CE_MODELS = ("plain", "cnnets", "bilinear", "compact_bilinear", "attention_crop")
-METRIC_LOSSES = ("proxy_anchor", "multi_similarity", "triplet", "arcface")
+METRIC_LOSSES = ("proxy_anchor", "multi_similarity", "triplet", "arcface", "normalized_softmax")
 DESCRIPTOR_MODES = ("offtheshelf", "finetuned")
 DEFAULT_METHODS = (
     "gap-offtheshelf", "mac-offtheshelf", "gem-offtheshelf", "rmac-offtheshelf", "crow-offtheshelf",
@@ -78,7 +80,7 @@ class MethodsConfig:
     label_smoothing: float = 0.0
     whiten: bool = True
     pca_dim: int | None = None
-    holdout_every: int = 4
+    holdout_every: int | None = 4
     seed: int = 0
     device: str = "auto"
     workers: int = 0
@@ -87,12 +89,17 @@ class MethodsConfig:
                                  "cnnets": {"head_dim": 256}})
     loss_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     descriptor_kwargs: dict[str, dict[str, Any]] = field(default_factory=lambda: {"vlad": {"clusters": 8}})
-    train_options: dict[str, Any] = field(default_factory=dict)  # any other TrainConfig field
+    train_options: dict[str, Any] = field(default_factory=dict)  # any TrainConfig field (over the above)
+    aliases: dict[str, str] = field(default_factory=dict)  # method name -> the registered model it varies
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> TrainConfig overrides
     synth: SynthConfig = field(default_factory=SynthConfig)  # the benchmark generated when no dataset is given
 
     def __post_init__(self) -> None:
-        if self.holdout_every < 2:
-            raise ValueError(f"holdout_every must be >= 2, got {self.holdout_every}")
+        if self.holdout_every is not None and self.holdout_every < 2:
+            raise ValueError(f"holdout_every must be >= 2 (or None: no held-out images), got {self.holdout_every}")
+        unknown = {alias: model for alias, model in self.aliases.items() if model not in CE_MODELS}
+        if unknown:
+            raise ValueError(f"aliases must name one of {CE_MODELS}, got {unknown}")
 
 
 @dataclass
@@ -109,9 +116,10 @@ class MethodResult:
     train_seconds: float | None = None
 
 
-def parse_method(method: str) -> tuple[str, str | None]:
-    """("descriptor", mode) for "<descriptor>-<mode>", ("model", None) for a trained method; unknown -> error."""
-    if method in CE_MODELS or method in METRIC_LOSSES:
+def parse_method(method: str, aliases: Collection[str] = ()) -> tuple[str, str | None]:
+    """("descriptor", mode) for "<descriptor>-<mode>", ("model", None) for a trained method (a model, a metric loss
+    or one of `aliases`); unknown -> error."""
+    if method in CE_MODELS or method in METRIC_LOSSES or method in aliases:
         return method, None
     name, _, mode = method.rpartition("-")
     if mode in DESCRIPTOR_MODES and name:
@@ -136,11 +144,10 @@ def holdout_split(ds: FineGrainedDataset, every: int) -> tuple[FineGrainedDatase
         return fit_part, replace(ds, samples=[ds.samples[i] for i in sorted(held)])
 
 
-def zero_shot_scores(features: np.ndarray, labels: np.ndarray, device: str = "auto") -> dict[str, float]:
+def zero_shot_scores(features: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Leave-one-out retrieval over one set: mAP, mAP@R and R@1/2/4/8 (Euclidean distance)."""
     n = len(features)
-    return evaluate_retrieval(features, labels, features, labels, ks=(1, 2, 4, 8), exclude_ids=np.arange(n),
-                              device=device)
+    return evaluate_retrieval(features, labels, features, labels, ks=(1, 2, 4, 8), exclude_ids=np.arange(n))
 
 
 @dataclass
@@ -161,32 +168,60 @@ class Embedding:
 class MethodEmbedder:
     """Trains (once per method) and featurises any survey method with one auxiliary set.
 
-    Shared by `fgia bench methods` and the single-stage baselines of the OSFGIR protocol.
+    Shared by `fgia bench methods` and the single-stage baselines of the OSFGIR protocol. With a `cache` of the
+    frozen lower trunk (`fgia.train.cache`) that covers the images, methods whose frozen stages are the cached ones
+    are featurised from it instead of from the images.
     """
 
-    def __init__(self, auxiliary: FineGrainedDataset, cfg: MethodsConfig):
-        self.cfg, self.aux = cfg, auxiliary
-        self.fit_set, self.val_set = holdout_split(auxiliary, cfg.holdout_every)
+    def __init__(self, auxiliary: FineGrainedDataset, cfg: MethodsConfig, cache: TrunkCache | None = None):
+        self.cfg, self.aux, self.cache = cfg, auxiliary, cache
+        if cfg.holdout_every is None:
+            self.fit_set, self.val_set = auxiliary, None
+        else:
+            self.fit_set, self.val_set = holdout_split(auxiliary, cfg.holdout_every)
         self.trained: dict[str, tuple[nn.Module, float]] = {}
+        self.train_configs: dict[str, TrainConfig] = {}
         self._offtheshelf: nn.Module | None = None
         self.extract = {"image_size": cfg.image_size, "batch_size": cfg.batch_size, "workers": cfg.workers,
                         "device": cfg.device}
+
+    def model_name(self, method: str) -> str:
+        """The registered model a trained method trains ("plain" for the metric losses)."""
+        return "plain" if method in METRIC_LOSSES else self.cfg.aliases.get(method, method)
+
+    def model_options(self, method: str) -> dict[str, Any]:
+        """The keyword options a trained method's model is built with (an alias's over its model's)."""
+        cfg = self.cfg
+        own = cfg.model_kwargs.get(method, {}) if method in cfg.aliases else {}
+        return {"backbone": cfg.backbone, "weights": cfg.weights, **cfg.model_kwargs.get(self.model_name(method), {}),
+                **own}
+
+    def adopt(self, method: str, other: MethodEmbedder, trained: str) -> bool:
+        """Take `other`'s model of method `trained` as this embedder's `method` when both would train the same
+        model on the same images with the same options (no second training); whether it did."""
+        if trained not in other.trained or other.fit_set.samples != self.fit_set.samples:
+            return False
+        mine = {**self.model_options(method), "model": self.model_name(method)}
+        if mine != {**other.model_options(trained), "model": other.model_name(trained)}:
+            return False
+        self.trained[method], self.train_configs[method] = other.trained[trained], other.train_configs[trained]
+        return True
 
     def train(self, method: str) -> tuple[nn.Module, float]:
         """The model of a trained method (trained once) and its training seconds."""
         if method not in self.trained:
             cfg = self.cfg
-            model = "plain" if method in METRIC_LOSSES else method
+            model = self.model_name(method)
             loss = method if method in METRIC_LOSSES else "ce"
-            train_cfg = TrainConfig(
-                model=model, model_kwargs={"backbone": cfg.backbone, "weights": cfg.weights,
-                                           **cfg.model_kwargs.get(model, {})},
+            fields = dict(
+                model=model, model_kwargs=self.model_options(method),
                 image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                 backbone_lr_scale=cfg.backbone_lr_scale, optimizer=cfg.optimizer,
                 label_smoothing=cfg.label_smoothing, warmup_epochs=min(1.0, cfg.epochs), loss=loss,
                 pk_images=cfg.pk_images if method in METRIC_LOSSES else 0,
-                loss_kwargs=cfg.loss_kwargs.get(loss, {}), seed=cfg.seed, workers=cfg.workers, device=cfg.device,
-                **cfg.train_options)
+                loss_kwargs=cfg.loss_kwargs.get(loss, {}), seed=cfg.seed, workers=cfg.workers, device=cfg.device)
+            train_cfg = TrainConfig(**{**fields, **cfg.train_options, **cfg.method_options.get(method, {})})
+            self.train_configs[method] = train_cfg
             start = time.perf_counter()
             result = fit(train_cfg, self.fit_set, None, progress=False)
             self.trained[method] = (result.model, time.perf_counter() - start)
@@ -201,11 +236,12 @@ class MethodEmbedder:
 
     def model(self, method: str) -> tuple[nn.Module, float | None, float | None]:
         """(the model whose embedding is the method's raw feature, training seconds, held-out top-1)."""
-        kind, mode = parse_method(method)
+        kind, mode = parse_method(method, self.cfg.aliases)
         if mode is None:
             model, train_seconds = self.train(method)
             top1 = None
-            if method in CE_MODELS or self.cfg.loss_kwargs.get(method, {}).get("ce_weight", 0) > 0:
+            classifies = method not in METRIC_LOSSES or self.cfg.loss_kwargs.get(method, {}).get("ce_weight", 0) > 0
+            if classifies and self.val_set is not None:
                 classify = ClassifyConfig(split=None, image_size=self.cfg.image_size,
                                           batch_size=self.cfg.batch_size, workers=self.cfg.workers,
                                           device=self.cfg.device)
@@ -219,7 +255,8 @@ class MethodEmbedder:
             trunk = self.offtheshelf_trunk()
         descriptor = self._descriptor(kind, mode)
         fit_descriptor(descriptor, trunk, self.aux.samples, seed=self.cfg.seed, **self.extract)
-        shared = self.cfg.model_kwargs.get("plain", {}).get("frozen_stages", 0) if mode == "offtheshelf" else 0
+        # the stages the fine-tuned plain model keeps frozen are the pretrained ones in either mode
+        shared = self.cfg.model_kwargs.get("plain", {}).get("frozen_stages", 0)
         return DescriptorModel(trunk, descriptor, frozen_stages=shared), train_seconds, None
 
     def embed(self, method: str, *sample_lists: Sequence[Sample]) -> list[Embedding]:
@@ -228,25 +265,49 @@ class MethodEmbedder:
 
     def embed_all(self, methods: Sequence[str], *sample_lists: Sequence[Sample]) -> dict[str, list[Embedding]]:
         """`embed` for several methods with one pass over each list of samples: models that share frozen trunk
-        stages (off-the-shelf descriptors, fine-tuned models with frozen stages) run them once per image.
-        `ms_per_image` is then that shared pass's time per image."""
+        stages (off-the-shelf descriptors, fine-tuned models with frozen stages) run them once per image, or not at
+        all when the embedder's cache holds them. `ms_per_image` is then that shared pass's time per image."""
         built = {method: self.model(method) for method in methods}
         models = {method: model for method, (model, _, _) in built.items()}
-        extract = partial(extract_models, models, regions=False, **self.extract)
         whitening = {}
         if self.cfg.whiten:
-            aux = extract(self.aux.samples)
-            whitening = {m: fit_whitening(aux[m].image, self.cfg.pca_dim) for m in methods}
+            aux = self._features(models, self.aux.samples)
+            whitening = {m: fit_whitening(aux[m][0], self.cfg.pca_dim) for m in methods}
         out: dict[str, list[Embedding]] = {m: [] for m in methods}
         for samples in sample_lists:
             start = time.perf_counter()
-            feats = extract(list(samples))
-            ms = 1000 * (time.perf_counter() - start) / max(1, len(feats[methods[0]]))
-            for method, fs in feats.items():
-                features = whitening[method].transform(fs.image) if method in whitening else l2_normalize(fs.image)
+            feats = self._features(models, list(samples))
+            ms = 1000 * (time.perf_counter() - start) / max(1, len(feats[methods[0]][1]))
+            for method, (raw, index) in feats.items():
+                features = whitening[method].transform(raw) if method in whitening else l2_normalize(raw)
                 _, train_seconds, top1 = built[method]
-                out[method].append(Embedding(features, fs.index, ms, top1, train_seconds))
+                out[method].append(Embedding(features, index, ms, top1, train_seconds))
         return out
+
+    def _features(self, models: dict[str, nn.Module],
+                  samples: Sequence[Sample]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each model's raw features of `samples` and which samples they are: from the cache for the models it
+        serves, from one shared pass over the images for the others."""
+        cached = {name: model for name, model in models.items() if self.cache_serves(model, samples)}
+        out = {}
+        if cached:
+            index = np.array([i for i, s in enumerate(samples) if str(s.path) in self.cache.rows], dtype=np.int64)
+            readable = [samples[i] for i in index]
+            device = pick_device(self.cfg.device)
+            out = {name: (self.cache.embeddings(model.to(device), readable, device=device), index)
+                   for name, model in cached.items()}
+        rest = {name: model for name, model in models.items() if name not in cached}
+        if rest:
+            feats = extract_models(rest, samples, regions=False, **self.extract)
+            out.update({name: (fs.image, fs.index) for name, fs in feats.items()})
+        return {name: out[name] for name in models}
+
+    def cache_serves(self, model: nn.Module, samples: Sequence[Sample]) -> bool:
+        """Whether the cache holds `model`'s frozen lower trunk's output for every one of `samples`."""
+        if self.cache is None or not isinstance(model, FrozenLowerTrunk) or not model.frozen_stages:
+            return False
+        key = cache_key(model.lower_trunk(), self.cfg.image_size, model.mean, model.std, self.cache.views)
+        return key == self.cache.key and self.cache.covers(samples)
 
     def _descriptor(self, name: str, mode: str) -> nn.Module:
         options = dict(self.cfg.descriptor_kwargs.get(name, {}))
@@ -263,7 +324,7 @@ def _method_row(embedder: MethodEmbedder, test: FineGrainedDataset, method: str)
     """One table row: the method's features of the retrieved classes, scored leave-one-out."""
     [emb] = embedder.embed(method, test.samples)
     labels = np.asarray(test.labels)[emb.index]
-    scores = zero_shot_scores(emb.features, labels, embedder.cfg.device)
+    scores = zero_shot_scores(emb.features, labels)
     return MethodResult(method, int(emb.features.shape[1]), emb.ms_per_image, emb.top1, scores["mAP"],
                         scores["mAP@R"], {f"R@{k}": scores[f"R@{k}"] for k in (1, 2, 4, 8)}, emb.train_seconds)
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -22,22 +21,38 @@ from rich.console import Console
 
 from fgia.config import load_yaml, save_yaml, to_dict
 from fgia.data import (
+    DatasetSpec,
     FineGrainedDataset,
     OsfgirSplit,
     build_osfgir_split,
     load_image,
+    read_composite,
     read_dataset,
-    read_shared_composite,
 )
 from fgia.data import OsfgirConfig as SplitConfig
-from fgia.data.protocols import SHARED_COMPOSITE
+from fgia.data.compose import default_category
+from fgia.data.protocols import SHARED_COMPOSITE, database_split
+from fgia.data.readers import ACCEPTED, DatasetError
 from fgia.data.samples import Sample
 from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.eval.methods import MethodEmbedder, MethodsConfig, parse_method
-from fgia.eval.metrics import evaluate_rankings
-from fgia.eval.report import Hit, OsfgirReport, QueryExample, print_report, to_markdown, write_report
+from fgia.eval.report import (
+    Hit,
+    OsfgirReport,
+    QueryExample,
+    print_report,
+    to_markdown,
+    write_report,
+)
 from fgia.features.extract import extract_models
-from fgia.retrieval.engine import ENGINE_FILE, STAGES, ImageFeatures, Pipeline, RetrievalEngine, build_index
+from fgia.metrics import evaluate_rankings
+from fgia.retrieval.engine import (
+    STAGES,
+    ImageFeatures,
+    Pipeline,
+    RetrievalEngine,
+    build_index,
+)
 from fgia.retrieval.search import knn
 from fgia.retrieval.system import (
     SYSTEM_FILE,
@@ -48,27 +63,34 @@ from fgia.retrieval.system import (
     train_system,
     unified_model,
 )
-from fgia.runtime import atomic_write_text, pick_device, seed_everything
+from fgia.runtime import atomic_write_text, output_folder, pick_device, seed_everything
 from fgia.train import UNIFIED
 
 DEMO_CONFIG = "demo.yaml"
 OSFGIR_CONFIG = "osfgir.yaml"
+OSFGIR_KIND = "osfgir run"
 
 
 @dataclass
 class OsfgirConfig:
     """One OSFGIR run.
 
-    Data: `data` is a dataset folder/manifest whose samples carry a meta-category (e.g. `fgia synth` output),
-    or a folder laid out like the shared real-image composite (cub100/, stanford_cars/, flowers102_partial/);
-    with no `data`, the synthetic benchmark `synth` is generated into `out_dir/data`. Unlabelled images of
-    the data (distractors) join the database. `baselines` are single-stage methods on the same split and
+    Data: `datasets` composes labelled sets into meta-categories ({category, path[, format]}; relative paths
+    from `data`); else `data` is a labelled dataset folder/manifest (its samples' meta-categories, or one
+    category when they have none; e.g. `fgia synth` output), or a folder laid out like the shared real-image
+    composite (cub100/, stanford_cars/, flowers102_partial/); with neither, the synthetic benchmark `synth` is
+    generated into `out_dir/data`. Unlabelled images of the data (distractors) join the database. With
+    `database` (a user's own images, any folder tree, labels optional), every labelled species trains and the
+    database is searched instead, its queries drawn from it (`database_split`); metrics that need labels are
+    left empty when it has none. `baselines` are single-stage methods on the same split and
     backbone, named as in `fgia bench methods` ("gap-offtheshelf", "scda-offtheshelf", "plain" = the plain
     backbone fine-tuned on AD, ...); `baseline_weights` initialise them (default: the system's `weights`).
     `timing_queries` single-query searches feed Table 6; the first `examples` of them go to the HTML report.
     """
 
     data: Path | None = None
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    database: Path | None = None
     synth: SynthConfig = field(default_factory=SynthConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
@@ -83,20 +105,30 @@ class OsfgirConfig:
 
 def load_datasets(cfg: OsfgirConfig, progress: bool = True) -> tuple[dict[str, FineGrainedDataset], FineGrainedDataset | None]:
     """({meta-category: labelled dataset}, unlabelled distractors or None) for the configured data source."""
+    if cfg.datasets:
+        return read_composite(cfg.datasets, cfg.data), None
     if cfg.data is None:
         manifest = generate_benchmark(cfg.synth, Path(cfg.out_dir) / "data", progress=progress)
         return split_by_category(read_dataset(manifest))
     root = Path(cfg.data)
     if not root.exists():
         raise FileNotFoundError(f"data folder not found: {root}")
-    if root.is_dir() and any((root / folder).is_dir() for folder in SHARED_COMPOSITE.values()):
-        return read_shared_composite(root), None
+    if root.is_dir() and any((root / spec.path).is_dir() for spec in SHARED_COMPOSITE):
+        return read_composite(SHARED_COMPOSITE, root), None
     return split_by_category(read_dataset(root))
 
 
 def split_by_category(ds: FineGrainedDataset) -> tuple[dict[str, FineGrainedDataset], FineGrainedDataset | None]:
-    """Labelled samples per meta-category, and the unlabelled ones (None when there are none)."""
+    """Labelled samples per meta-category (one category, named after the data's folder, when no sample has
+    one), and the unlabelled ones (None when there are none)."""
     labelled = [s for s in ds.samples if s.label >= 0]
+    if not labelled:
+        raise DatasetError(f"{ds.root} has no labelled images: it is a database. Train on labelled auxiliary sets "
+                           f"(`fgia demo --data DATABASE --aux NAME=PATH`, a config's `datasets:`). {ACCEPTED}")
+    if all(s.category is None for s in labelled):
+        name = default_category(ds)
+        ds = replace(ds, samples=[replace(s, category=name) if s.label >= 0 else s for s in ds.samples])
+        labelled = [s for s in ds.samples if s.label >= 0]
     missing = [s.path for s in labelled if not s.category]
     if missing:
         raise ValueError(
@@ -109,28 +141,34 @@ def split_by_category(ds: FineGrainedDataset) -> tuple[dict[str, FineGrainedData
     return per_category, (unlabelled if len(unlabelled) else None)
 
 
-def run_osfgir(cfg: OsfgirConfig, progress: bool = True, console: Console | None = None) -> OsfgirReport:
-    """Run the protocol; returns the report (also written to `cfg.out_dir`)."""
-    console = console or Console()
+def run_osfgir(cfg: OsfgirConfig, progress: bool = True, console: Console | None = None,
+               force: bool = False) -> OsfgirReport:
+    """Run the protocol; returns the report (also written to `cfg.out_dir`). The run is written beside
+    `cfg.out_dir` and moved into place when complete; a previous run there is replaced, any other non-empty
+    folder refused unless `force` (see `fgia.runtime.output_folder`)."""
+    with output_folder(cfg.out_dir, OSFGIR_KIND, force=force) as out:
+        return _run_osfgir(cfg, out, progress, console or Console())
+
+
+def _run_osfgir(cfg: OsfgirConfig, out: Path, progress: bool, console: Console) -> OsfgirReport:
     started = time.perf_counter()
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "osfgir.yaml")
     seed_everything(cfg.seed)
 
     console.log("data and split")
-    datasets, distractors = load_datasets(cfg, progress)
+    datasets, distractors = load_datasets(replace(cfg, out_dir=out), progress)
     s = cfg.split
-    split = build_osfgir_split(datasets, s.aux_fraction, s.query_fraction, s.queries_per_class, distractors,
-                               cfg.seed, s.max_images_per_class)
+    if cfg.database is not None:
+        split = database_split(datasets, read_dataset(cfg.database), s.query_fraction, cfg.seed)
+    else:
+        split = build_osfgir_split(datasets, s.aux_fraction, s.query_fraction, s.queries_per_class, distractors,
+                                   cfg.seed, s.max_images_per_class)
     split.save(out / "split")
     console.log(f"training the system on {len(split.auxiliary)} auxiliary images")
     system_dir = train_system(split.auxiliary, cfg.system, out / "system", progress=progress, console=console)
     system_info = json.loads((system_dir / SYSTEM_FILE).read_text(encoding="utf-8"))
     console.log(f"indexing {len(split.database)} database images")
     index_dir = out / "index"
-    if (index_dir / ENGINE_FILE).is_file():
-        shutil.rmtree(index_dir)  # a previous run's index, built by a system this run has just replaced
     index_started = time.perf_counter()
     build_index(system_dir, split.database, index_dir, factory=cfg.factory, device=cfg.system.device,
                 progress=progress)
@@ -149,11 +187,16 @@ def run_osfgir(cfg: OsfgirConfig, progress: bool = True, console: Console | None
              "trainable": _trainable(engine.system.models[UNIFIED])}
     rows = _pipeline_rows(engine, qf, query_labels, query_categories, latency, facts)
     console.log(f"single-stage baselines: {', '.join(cfg.baselines)}")
-    rows += _baseline_rows(cfg, split, qf.index, query_labels, query_categories, engine.labels(), facts)
-    aux_embedding, aux_targets = load_aux_embeddings(system_dir)
-    targets = np.array([engine.system.categories.index(c) for c in query_categories])
-    conv = conv_feature(engine.system.models[UNIFIED], qf.unified)
-    classifier = coarse_accuracy_table(aux_embedding, aux_targets, conv, targets, cfg.system.classifier_dims, cfg.seed)
+    indexed = [split.database.samples[i] for i in indexed_samples(engine, split.database)]
+    rows += _baseline_rows(cfg, split.auxiliary, [queries.samples[i] for i in qf.index], indexed, query_labels,
+                           query_categories, engine.labels(), facts)
+    classifier = {}  # it needs the queries' meta-categories, which a user's own database does not have
+    if all(c in engine.system.categories for c in query_categories):
+        aux_embedding, aux_targets = load_aux_embeddings(system_dir)
+        targets = np.array([engine.system.categories.index(c) for c in query_categories])
+        conv = conv_feature(engine.system.models[UNIFIED], qf.unified)
+        classifier = coarse_accuracy_table(aux_embedding, aux_targets, conv, targets, cfg.system.classifier_dims,
+                                           cfg.seed)
     report = OsfgirReport(
         config=to_dict(cfg),
         seed=cfg.seed,
@@ -210,7 +253,13 @@ def supported_rows(engine: RetrievalEngine) -> dict[str, tuple[Pipeline, bool, s
 
 def _group_scores(ranked_ids: np.ndarray, labels: np.ndarray, categories: list[str],
                   db_labels: np.ndarray) -> dict[str, Any]:
-    """mAP and R@1 over all queries, and mAP per query meta-category, from full rankings of database ids."""
+    """mAP and R@1 over the labelled queries, and mAP per query meta-category, from full rankings of database ids
+    (None without labelled queries: these metrics need labels)."""
+    labelled = labels >= 0
+    if not labelled.any():
+        return {"mAP": None, "R@1": None, "per_category": {}}
+    ranked_ids, labels = ranked_ids[labelled], labels[labelled]
+    categories = [str(c) for c, keep in zip(categories, labelled) if keep]
     cats = np.array(categories)
     per_category = {c: evaluate_rankings(ranked_ids[cats == c], labels[cats == c], db_labels, ks=(1,))["mAP"]
                     for c in sorted(set(categories))}
@@ -226,9 +275,17 @@ def _trainable(model: Any) -> str:
 BASELINE_NAMES = {"plain": "plain-finetuned"}
 
 
+def indexed_samples(engine: RetrievalEngine, database: FineGrainedDataset) -> list[int]:
+    """Positions in `database` of the engine's images, in the engine's order: the index leaves out unreadable
+    images and repeated ones (the same file content under another path), and every method must rank the same
+    database."""
+    position = {Path(s.path).resolve(): i for i, s in enumerate(database.samples)}
+    return [position[engine.image_path(i).resolve()] for i in range(len(engine))]
+
+
 def _baseline_rows(
-    cfg: OsfgirConfig, split: OsfgirSplit, query_rows: np.ndarray, labels: np.ndarray, categories: list[str],
-    db_labels: np.ndarray, facts: dict[str, Any],
+    cfg: OsfgirConfig, auxiliary: FineGrainedDataset, query_samples: list[Sample], database: list[Sample],
+    labels: np.ndarray, categories: list[str], db_labels: np.ndarray, facts: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Single-stage baselines on the same split, backbone and frozen trunk (see `OsfgirConfig.baselines`),
     extracted in one shared pass; ms per query = that method's extraction per image alone + exact search."""
@@ -243,12 +300,11 @@ def _baseline_rows(
         device=sc.device, workers=sc.workers, model_kwargs={"plain": {"frozen_stages": frozen}},
         train_options=dict(sc.train_options),
     )
-    embedder = MethodEmbedder(split.auxiliary, methods_cfg)
-    query_samples = [split.queries.samples[i] for i in query_rows]
-    embedded = embedder.embed_all(cfg.baselines, query_samples, split.database.samples)
+    embedder = MethodEmbedder(auxiliary, methods_cfg)
+    embedded = embedder.embed_all(cfg.baselines, query_samples, database)
     rows = []
     for method, (q, db) in embedded.items():
-        if len(q.index) != len(query_samples) or len(db.index) != len(split.database):
+        if len(q.index) != len(query_samples) or len(db.index) != len(database):
             raise ValueError(f"{method}: images became unreadable during the run")
         ranking = knn(q.features, db.features, len(db.features))
         ms = _ms_per_image(embedder, method, query_samples[: cfg.timing_queries]) + _ms_search(q.features, db.features)
@@ -297,9 +353,10 @@ def _timed_queries(
     }
     examples = []
     for s, r in zip(samples[:n_examples], results):
-        name = queries.classes[s.label]
+        name = queries.classes[s.label] if s.label >= 0 else None
         labels = r.labels or [None] * len(r.ids)
-        hits = [Hit(path=p, distance=d, correct=lab == name) for p, d, lab in zip(r.paths, r.distances, labels)]
+        hits = [Hit(path=p, distance=d, correct=None if name is None else lab == name)
+                for p, d, lab in zip(r.paths, r.distances, labels)]
         examples.append(QueryExample(str(s.path), name, s.category or "", r.category, hits))
     return latency, timings, examples
 
@@ -341,15 +398,16 @@ def evaluate_osfgir(
     out_dir: Path = Path("fgia-out/eval"),
     progress: bool = True,
     console: Console | None = None,
+    force: bool = False,
     **overrides: Any,
 ) -> OsfgirReport:
     """The `fgia eval` job: run the protocol from an OsfgirConfig YAML (default: configs/osfgir.yaml with
     `data`, configs/demo.yaml on the synthetic benchmark without), print the tables and where the reports
-    are. `overrides` replace top-level OsfgirConfig fields."""
+    are. `overrides` replace top-level OsfgirConfig fields; `force` replaces a folder that is not a run's."""
     console = console or Console()
     default = default_config(OSFGIR_CONFIG if data is not None else DEMO_CONFIG)
     cfg = load_yaml(OsfgirConfig, config or default, data=data, out_dir=out_dir, **overrides)
-    report = run_osfgir(cfg, progress=progress, console=console)
+    report = run_osfgir(cfg, progress=progress, console=console, force=force)
     print_report(report, console)
     console.print(f"reports: {Path(cfg.out_dir) / 'report.md'}, {Path(cfg.out_dir) / 'report.html'}")
     return report
@@ -361,11 +419,13 @@ def run_demo(
     config: Path | None = None,
     progress: bool = True,
     console: Console | None = None,
+    force: bool = False,
     **overrides: Any,
 ) -> OsfgirReport:
     """The `fgia demo` job: configs/demo.yaml (or `config`) on the synthetic benchmark, or on the real dataset
     folder `data` with the same CPU-sized settings; prints the tables and writes the MD/JSON/HTML reports."""
-    return evaluate_osfgir(config or default_config(DEMO_CONFIG), data, out_dir, progress, console, **overrides)
+    return evaluate_osfgir(config or default_config(DEMO_CONFIG), data, out_dir, progress, console, force,
+                           **overrides)
 
 
 REAL_SIZES = {"default": ("real.yaml", "real"), "quick": ("real_quick.yaml", "real_quick"),
@@ -381,6 +441,7 @@ def run_real_bench(
     work_dir: Path = Path("fgia-out/bench-real"),
     progress: bool = True,
     console: Console | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """`fgia bench real`: the protocol on the shared birds/cars/flowers composite at `shared`: the whole composite
     at CPU size (configs/real.yaml), a few-minute `quick` version, or `full` size (configs/osfgir.yaml, for a GPU).
@@ -391,7 +452,7 @@ def run_real_bench(
     cfg = load_yaml(OsfgirConfig, default_config(config_name), data=shared, out_dir=Path(work_dir) / size)
     if weights is not None:
         cfg.system.weights = weights
-    report = run_osfgir(cfg, progress=progress, console=console)
+    report = run_osfgir(cfg, progress=progress, console=console, force=force)
     print_report(report, console)
     payload = real_bench_payload(report, cfg, shared)
     name = f"{stem}_{pick_device(cfg.system.device).type}"
@@ -429,8 +490,8 @@ def real_bench_payload(report: OsfgirReport, cfg: OsfgirConfig, shared: Path) ->
 def _whole_composite_counts(cfg: OsfgirConfig, shared: Path) -> dict[str, int]:
     """Database and query sizes of this split drawn over every image of the composite (the targets' reference)."""
     s = cfg.split
-    split = build_osfgir_split(read_shared_composite(shared), s.aux_fraction, s.query_fraction, s.queries_per_class,
-                               None, cfg.seed, None)
+    split = build_osfgir_split(read_composite(cfg.datasets or SHARED_COMPOSITE, shared), s.aux_fraction,
+                               s.query_fraction, s.queries_per_class, None, cfg.seed, None)
     return {"database": len(split.database), "queries": len(split.queries)}
 
 

@@ -34,7 +34,7 @@ class Hit:
 
     path: str
     distance: float
-    correct: bool
+    correct: bool | None  # None: the query or the database is unlabelled
 
 
 @dataclass
@@ -42,7 +42,7 @@ class QueryExample:
     """A query and its top hits (Figure 7 of the paper)."""
 
     path: str
-    label: str
+    label: str | None
     category: str
     predicted_category: str
     hits: list[Hit]
@@ -111,6 +111,14 @@ def tables(report: OsfgirReport) -> list[Grid]:
             [[s] + [_num(t.get(q), 2) for q in ("mean", "p50", "p90")] for s, t in report.timings_ms.items()],
         ),
     ]
+    needs_labels = [[what, why] for what, why, missing in (
+        ("mAP and R@1 (Tables 5 and 7)", "labelled queries and database images (the same species = relevant)",
+         all(r["mAP"] is None for r in report.rows)),
+        ("coarse classifier accuracy (Table 4)", "the queries' meta-categories", not report.classifier),
+    ) if missing]
+    if needs_labels:
+        grids.append(("Metrics left empty: they need labels this database does not have", ["metric", "needs"],
+                      needs_labels))
     if report.selection and "skipped" in report.selection:
         grids.append(("Recipe selection", ["skipped"], [[report.selection["skipped"]]]))
     elif report.selection:
@@ -153,7 +161,8 @@ def to_markdown(report: OsfgirReport) -> str:
 
 
 def to_html(report: OsfgirReport, thumb: int = 96) -> str:
-    """A self-contained page: the tables and the example queries with their hits (green right, red wrong).
+    """A self-contained page: the tables and the example queries with their hits (green right, red wrong, grey
+    unknown: an unlabelled query or database).
 
     Images are embedded as base64 JPEG thumbnails so the page opens offline and keeps working when the
     data folder moves.
@@ -166,11 +175,11 @@ def to_html(report: OsfgirReport, thumb: int = 96) -> str:
     body.append("<h2>Example queries</h2>")
     for ex in report.examples:
         hits = "".join(
-            f'<figure class="{"right" if h.correct else "wrong"}">{_img(h.path, thumb)}'
+            f'<figure class="{_verdict(h.correct)}">{_img(h.path, thumb)}'
             f"<figcaption>{h.distance:.3f}</figcaption></figure>"
             for h in ex.hits
         )
-        caption = f"{ex.label} ({ex.category}; routed to {ex.predicted_category})"
+        caption = f"{ex.label or 'unlabelled'} ({ex.category or '?'}; routed to {ex.predicted_category})"
         body.append(
             f'<div class="query"><figure class="q">{_img(ex.path, thumb)}'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>{hits}</div>"
@@ -180,7 +189,7 @@ def to_html(report: OsfgirReport, thumb: int = 96) -> str:
         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
         ".query{display:flex;flex-wrap:wrap;gap:4px;margin:8px 0}figure{margin:0;text-align:center;"
         "font-size:11px}img{display:block}.q img{border:4px solid #333}.right img{border:4px solid #2a2}"
-        ".wrong img{border:4px solid #d22}"
+        ".wrong img{border:4px solid #d22}.unknown img{border:4px solid #bbb}"
     )
     return (
         f'<!doctype html><html><head><meta charset="utf-8"><title>fgia OSFGIR report</title>'
@@ -196,6 +205,10 @@ def write_report(report: OsfgirReport, out_dir: str | os.PathLike) -> dict[str, 
     atomic_write_text(paths["json"], report.to_json())
     atomic_write_text(paths["html"], to_html(report))
     return paths
+
+
+def _verdict(correct: bool | None) -> str:
+    return "unknown" if correct is None else "right" if correct else "wrong"
 
 
 def _img(path: str, size: int) -> str:

@@ -24,33 +24,25 @@ from fgia.features.extract import FeatureSet, extract_features
 from fgia.features.pca import FeaturePCA
 from fgia.models.frozen import FrozenLowerTrunk
 from fgia.models.output import ModelOutput
+from fgia.registry import Registry
 
-_DESCRIPTORS: dict[str, Callable[..., nn.Module]] = {}
+DESCRIPTORS: Registry[Callable[..., nn.Module]] = Registry("descriptor")
 _EPS = 1e-6
 
 
-def register_descriptor(name: str):
+def register_descriptor(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a descriptor builder `fn(**kw) -> nn.Module` under `name`."""
-
-    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _DESCRIPTORS:
-            raise ValueError(f"descriptor {name!r} is already registered")
-        _DESCRIPTORS[name] = builder
-        return builder
-
-    return wrap
+    return DESCRIPTORS.register(name)
 
 
 def create_descriptor(name: str, **kwargs) -> nn.Module:
     """Build a registered descriptor by name."""
-    if name not in _DESCRIPTORS:
-        raise KeyError(f"unknown descriptor {name!r}; known: {', '.join(list_descriptors())}")
-    return _DESCRIPTORS[name](**kwargs)
+    return DESCRIPTORS.get(name)(**kwargs)
 
 
 def list_descriptors() -> list[str]:
     """Registered descriptor names, sorted."""
-    return sorted(_DESCRIPTORS)
+    return DESCRIPTORS.names()
 
 
 def _check_map(x: Tensor) -> Tensor:

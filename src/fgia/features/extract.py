@@ -5,7 +5,7 @@ maps back to the original pixels exactly). Models that share a frozen lower trun
 `TrunkGroup`: the lower stages run once per batch and every model runs only its own top, so the unified and the
 category-specific models of a system cost one trunk pass plus their tops, not one whole network each.
 
-The discriminative region (`fgia.features.regions`) comes from one model's class-confidence maps (`region_from`);
+The discriminative region (`fgia.models.regions`) comes from one model's class-confidence maps (`region_from`);
 it is cropped from the batch tensor on the device with `roi_align` (from an image loaded at `region_zoom` x the
 model's size when that is above 1) and featurised again by every model. With `flip`, each embedding is the mean
 of the image's and its mirror image's. Unreadable images are skipped and counted.
@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
-from rich.progress import track
 from torch import Tensor
 from torch.utils.data import default_collate
 from torchvision.ops import roi_align
@@ -30,9 +29,10 @@ from torchvision.transforms import v2
 from fgia.data.images import ORIGINAL_SIZE_KEY
 from fgia.data.samples import Sample
 from fgia.data.torch_dataset import make_loader
-from fgia.features.regions import region_boxes, scale_boxes
 from fgia.models.frozen import lower_and_top, module_digest
 from fgia.models.output import ModelOutput
+from fgia.models.regions import region_boxes, scale_boxes
+from fgia.progress import track_batches
 from fgia.runtime import pick_device
 
 
@@ -274,7 +274,7 @@ def extract_models(
     loader = make_loader(samples, ResizeWithOriginalSize(image_size, _zoom_size(image_size, regions, region_zoom)),
                          batch_size, workers=workers)
     parts: list[tuple[dict[str, BatchFeatures], Tensor, Tensor]] = []
-    batches = track(loader, description="extracting features") if progress else loader
+    batches = track_batches(loader, "extracting features", enabled=progress)
     for batch, _, indices in batches:
         feats = featurize_batch(group, *_normalised(batch, dev, mean, std), regions=regions, threshold=threshold,
                                 min_area=min_area, keep_maps=keep_maps, flip=flip, region_from=region_from)

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 from torch import Tensor
 
-from fgia.features.regions import normalize_map
+from fgia.models.regions import normalize_map
 
 
 def overlay(

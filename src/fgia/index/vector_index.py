@@ -26,6 +26,7 @@ import numpy as np
 
 from fgia.config import from_dict, to_dict
 from fgia.index.torch_flat import TorchFlatIndex
+from fgia.registry import Registry
 from fgia.runtime import atomic_path, pick_device
 
 _MAGIC = b"FGIAIDX1"
@@ -52,16 +53,19 @@ def _check_k(k: int) -> int:
     return int(k)
 
 
+INDEX_KINDS: Registry[type] = Registry("index kind")
+"""Every concrete `VectorIndex` class by its `kind` (how a saved index says what it is)."""
+
+
 class VectorIndex:
     """Base of every index kind; create one with `create_index` or `VectorIndex.load`."""
 
     kind: ClassVar[str]
-    _kinds: ClassVar[dict[str, type[VectorIndex]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "kind" in cls.__dict__:  # concrete kinds only; shared bases declare none
-            VectorIndex._kinds[cls.kind] = cls
+            INDEX_KINDS.add(cls.kind, cls)
 
     def __init__(self, dim: int, config: IndexConfig) -> None:
         if int(dim) != dim or dim < 1:
@@ -131,9 +135,9 @@ class VectorIndex:
             config = from_dict(IndexConfig, header["config"])
             if device is not None:
                 config = replace(config, device=device)
-            if header["kind"] not in VectorIndex._kinds:
+            if header["kind"] not in INDEX_KINDS:
                 raise ValueError(f"{path}: unknown index kind {header['kind']!r} (written by a newer fgia?)")
-            return VectorIndex._kinds[header["kind"]]._read_payload(header["dim"], config, f)
+            return INDEX_KINDS.get(header["kind"])._read_payload(header["dim"], config, f)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self.dim}, factory={self.factory!r}, n={len(self)})"

@@ -1,8 +1,10 @@
 """Attention-crop localisation model: the survey's localisation-classification family in its simplest form.
 
 First pass on the whole image -> class activation map (CAM) of the predicted class -> the discriminative
-region's box (`fgia.features.regions`) -> crop of the input (roi_align) -> second pass with the same weights
+region's box (`fgia.models.regions`) -> crop of the input (roi_align) -> second pass with the same weights
 -> fused logits. Both passes are trained with the classification loss (`head_logits` "full" and "crop").
+`frozen_stages` fixes the trunk's first stages (`fgia.models.frozen.FrozenStages`); their output cannot be cached
+as the other models' is, since the second pass needs the image itself, so they still run twice per image and step.
 """
 
 from __future__ import annotations
@@ -12,21 +14,24 @@ import torch.nn as nn
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from fgia.features.regions import region_boxes
 from fgia.models.backbones import create_trunk
+from fgia.models.frozen import FrozenStages, check_frozen_stages
 from fgia.models.output import ModelOutput
+from fgia.models.regions import region_boxes
 from fgia.models.registry import register_model
 
 
-class AttentionCrop(nn.Module):
+class AttentionCrop(FrozenStages):
     """Two passes of one trunk + 1x1-conv classifier (its output is the CAM; GAP of it gives the logits).
 
     The embedding is the GAP feature of both passes, concatenated (2C).
     """
 
     def __init__(self, trunk: nn.Module, num_classes: int, threshold: float = 0.5, min_area: float = 0.02,
-                 crop_size: int | None = None, config: dict | None = None):
+                 crop_size: int | None = None, config: dict | None = None, frozen_stages: int = 0):
         super().__init__()
+        if frozen_stages:
+            check_frozen_stages(frozen_stages, len(trunk.stages) - 1, "attention_crop")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if crop_size is not None and crop_size < 1:
@@ -35,6 +40,11 @@ class AttentionCrop(nn.Module):
         self.classifier = nn.Conv2d(trunk.out_channels, num_classes, 1)
         self.num_classes, self.embedding_dim = num_classes, 2 * trunk.out_channels
         self.mean, self.std, self.config = trunk.mean, trunk.std, config
+        self.frozen_stages = frozen_stages
+        self.freeze_lower_trunk()
+
+    def lower_trunk(self) -> nn.Sequential:
+        return self.trunk.stages[: self.frozen_stages] if self.frozen_stages else nn.Sequential()
 
     def _pass(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         fmap = self.trunk(images)
@@ -65,8 +75,10 @@ class AttentionCrop(nn.Module):
 
 @register_model(name="attention_crop")
 def attention_crop(num_classes: int, backbone: str = "resnet18", weights: str | None = None,
-                   threshold: float = 0.5, min_area: float = 0.02, crop_size: int | None = None) -> AttentionCrop:
+                   threshold: float = 0.5, min_area: float = 0.02, crop_size: int | None = None,
+                   frozen_stages: int = 0) -> AttentionCrop:
     """Attention-crop model: CAM box of the predicted class, second pass on the crop, fused logits."""
     config = {"name": "attention_crop", "num_classes": num_classes, "backbone": backbone, "threshold": threshold,
-              "min_area": min_area, "crop_size": crop_size}
-    return AttentionCrop(create_trunk(backbone, weights), num_classes, threshold, min_area, crop_size, config)
+              "min_area": min_area, "crop_size": crop_size, "frozen_stages": frozen_stages}
+    return AttentionCrop(create_trunk(backbone, weights), num_classes, threshold, min_area, crop_size, config,
+                         frozen_stages)

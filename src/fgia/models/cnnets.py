@@ -158,12 +158,17 @@ class CNNets(FrozenLowerTrunk):
     def lower_trunk(self) -> nn.Sequential:
         return self.trunk[: self.frozen_stages]
 
-    def forward_top(self, lower: Tensor) -> ModelOutput:
+    def head_outputs(self, lower: Tensor) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+        """Each sub-net's (embedding, class scores, class-confidence maps) from the lower trunk's output, e.g. the
+        Norm-Net's maps, which `ModelOutput.maps` (the Conv-Net's) leaves out."""
         shared = self.trunk[self.frozen_stages :](lower)
-        embeddings, maps, scores = [], {}, {}
-        for name, head in self.heads.items():
-            embedding, scores[name], maps[name] = head(shared)
-            embeddings.append(embedding)
+        return {name: head(shared) for name, head in self.heads.items()}
+
+    def forward_top(self, lower: Tensor) -> ModelOutput:
+        outputs = self.head_outputs(lower)
+        embeddings = [embedding for embedding, _, _ in outputs.values()]
+        scores = {name: score for name, (_, score, _) in outputs.items()}
+        maps = {name: head_maps for name, (_, _, head_maps) in outputs.items()}
         return ModelOutput(
             logits=torch.stack(list(scores.values())).mean(0),
             embedding=torch.cat(embeddings, 1),

@@ -2,6 +2,7 @@
 
 Both are trunk -> (optional 1x1 reduction) -> pooling -> signed square root -> L2 -> linear classifier,
 registered as "bilinear" and "compact_bilinear" (method "tensor_sketch" or "random_maclaurin", `dim`).
+`frozen_stages` fixes the trunk's first stages (`fgia.models.frozen`), so both train on their cached output.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from fgia.models.backbones import create_trunk
+from fgia.models.backbones import Trunk, create_trunk
+from fgia.models.frozen import FrozenLowerTrunk, check_frozen_stages
 from fgia.models.output import ModelOutput
 from fgia.models.registry import register_model
 
@@ -92,29 +94,33 @@ class CompactBilinearPool(nn.Module):
         return signed_sqrt_l2(pooled) if self.normalize else pooled
 
 
-class PooledClassifier(nn.Module):
+class PooledClassifier(FrozenLowerTrunk):
     """trunk -> optional 1x1 reduction -> `pool` (B, D) -> dropout -> linear; embedding is the pooled feature.
 
-    `config` is what `create_model(**config)` needs to rebuild it (checkpoints store it).
+    `config` is what `create_model(**config)` needs to rebuild it (checkpoints store it); the trunk's first
+    `frozen_stages` stages stay fixed (`fgia.models.frozen`).
     """
 
-    def __init__(self, trunk: nn.Module, pool: nn.Module, num_classes: int, config: dict[str, Any],
-                 reduction: nn.Module | None = None, dropout: float = 0.0):
+    def __init__(self, trunk: Trunk, pool: nn.Module, num_classes: int, config: dict[str, Any],
+                 reduction: nn.Module | None = None, dropout: float = 0.0, frozen_stages: int = 0):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_frozen_stages(frozen_stages, len(trunk.stages) - 1, config["name"])
         self.trunk, self.reduction, self.pool = trunk, reduction or nn.Identity(), pool
+        self.frozen_stages = frozen_stages
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(pool.out_dim, num_classes)
-        self.num_classes, self.embedding_dim, self.config = num_classes, pool.out_dim, config
+        self.num_classes, self.embedding_dim = num_classes, pool.out_dim
+        self.config = config
         self.mean, self.std = trunk.mean, trunk.std
+        self.freeze_lower_trunk()
 
-    def feature_map(self, images: Tensor) -> Tensor:
-        """The (reduced) last conv feature map the pooling consumes."""
-        return self.reduction(self.trunk(images))
+    def lower_trunk(self) -> nn.Sequential:
+        return self.trunk.stages[: self.frozen_stages]
 
-    def forward(self, images: Tensor) -> ModelOutput:
-        fmap = self.feature_map(images)
+    def forward_top(self, lower: Tensor) -> ModelOutput:
+        fmap = self.reduction(self.trunk.stages[self.frozen_stages :](lower))
         # outer products, FFTs and the signed sqrt need float32 (torch.fft has no bfloat16 kernels)
         with torch.autocast(fmap.device.type, enabled=False):
             embedding = self.pool(fmap.float())
@@ -132,23 +138,24 @@ def _reduced(trunk: nn.Module, reduce_dim: int | None) -> tuple[nn.Module | None
 
 @register_model(name="bilinear")
 def bilinear(num_classes: int, backbone: str = "resnet18", weights: str | None = None,
-             reduce_dim: int | None = None, dropout: float = 0.0) -> PooledClassifier:
+             reduce_dim: int | None = None, dropout: float = 0.0, frozen_stages: int = 0) -> PooledClassifier:
     """Bilinear CNN (Lin et al.): symmetric outer-product pooling of one trunk's last conv map."""
     config = {"name": "bilinear", "num_classes": num_classes, "backbone": backbone, "reduce_dim": reduce_dim,
-              "dropout": dropout}
+              "dropout": dropout, "frozen_stages": frozen_stages}
     trunk = create_trunk(backbone, weights)
     reduction, channels = _reduced(trunk, reduce_dim)
-    return PooledClassifier(trunk, BilinearPool(channels), num_classes, config, reduction, dropout)
+    return PooledClassifier(trunk, BilinearPool(channels), num_classes, config, reduction, dropout, frozen_stages)
 
 
 @register_model(name="compact_bilinear")
 def compact_bilinear(num_classes: int, backbone: str = "resnet18", weights: str | None = None,
                      method: str = "tensor_sketch", dim: int = 8192, reduce_dim: int | None = None,
-                     dropout: float = 0.0, seed: int = 0) -> PooledClassifier:
+                     dropout: float = 0.0, seed: int = 0, frozen_stages: int = 0) -> PooledClassifier:
     """Compact bilinear pooling (tensor sketch or random Maclaurin) of one trunk's last conv map."""
     config = {"name": "compact_bilinear", "num_classes": num_classes, "backbone": backbone, "method": method,
-              "dim": dim, "reduce_dim": reduce_dim, "dropout": dropout, "seed": seed}
+              "dim": dim, "reduce_dim": reduce_dim, "dropout": dropout, "seed": seed,
+              "frozen_stages": frozen_stages}
     trunk = create_trunk(backbone, weights)
     reduction, channels = _reduced(trunk, reduce_dim)
     pool = CompactBilinearPool(channels, dim=dim, method=method, seed=seed)
-    return PooledClassifier(trunk, pool, num_classes, config, reduction, dropout)
+    return PooledClassifier(trunk, pool, num_classes, config, reduction, dropout, frozen_stages)

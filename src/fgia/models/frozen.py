@@ -19,8 +19,10 @@ from torch import Tensor
 from fgia.models.output import ModelOutput
 
 
-class FrozenLowerTrunk(nn.Module):
-    """Mix-in for models whose first `frozen_stages` trunk stages are frozen (see the module docstring)."""
+class FrozenStages(nn.Module):
+    """Mix-in for models whose first `frozen_stages` trunk stages stay at their (pretrained) weights: no gradient,
+    eval mode. A model whose output cannot be computed from theirs (e.g. a second pass over an image crop) stops
+    here; `FrozenLowerTrunk` adds the split that lets the trainer cache them."""
 
     frozen_stages: int = 0
 
@@ -28,23 +30,27 @@ class FrozenLowerTrunk(nn.Module):
         """The frozen stages (an empty Sequential when nothing is frozen)."""
         raise NotImplementedError
 
-    def forward_top(self, lower: Tensor) -> ModelOutput:
-        """The model's output from the lower trunk's output."""
-        raise NotImplementedError
-
-    def forward(self, x: Tensor) -> ModelOutput:
-        return self.forward_top(self.lower_trunk()(x))
-
     def freeze_lower_trunk(self) -> None:
         """Fix the lower trunk's parameters (called once the model is built)."""
         for param in self.lower_trunk().parameters():
             param.requires_grad_(False)
         self.lower_trunk().eval()
 
-    def train(self, mode: bool = True) -> FrozenLowerTrunk:
+    def train(self, mode: bool = True) -> FrozenStages:
         super().train(mode)
         self.lower_trunk().eval()
         return self
+
+
+class FrozenLowerTrunk(FrozenStages):
+    """Mix-in for models whose first `frozen_stages` trunk stages are frozen (see the module docstring)."""
+
+    def forward_top(self, lower: Tensor) -> ModelOutput:
+        """The model's output from the lower trunk's output."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        return self.forward_top(self.lower_trunk()(x))
 
 
 def check_frozen_stages(frozen_stages: int, shared_stages: int, model: str) -> None:

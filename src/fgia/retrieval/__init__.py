@@ -8,13 +8,18 @@ from fgia.retrieval.engine import (
     RetrievalEngine,
     SearchResult,
     build_index,
-    search_files,
 )
 from fgia.retrieval.search import Ranking, average_query_expansion, knn, rerank
-from fgia.retrieval.system import SelectionConfig, System, SystemConfig, load_system, train_system
+from fgia.retrieval.system import (
+    SelectionConfig,
+    System,
+    SystemConfig,
+    load_system,
+    train_system,
+)
 
 __all__ = [
     "PIPELINES", "BuildResult", "ImageFeatures", "Pipeline", "Ranking", "RetrievalEngine", "SearchResult",
     "SelectionConfig", "System", "SystemConfig", "average_query_expansion", "build_index", "knn", "load_system",
-    "rerank", "search_files", "train_system",
+    "rerank", "train_system",
 ]

@@ -1,36 +1,39 @@
 """Index a database with a trained system and answer image queries: `build_index` and `RetrievalEngine`.
 
-An index directory is a `fgia.index.FeatureStore` (plus `engine.json`: the system directory and the database
-class names). For every database image it holds, computed offline in one pass of the system's models:
+An index directory is a `fgia.index.FeatureStore` whose attributes, committed with every generation, hold the
+system's location and the database class names. For every database image it holds, computed offline in one
+pass of the system's models:
 
     coarse        coarse_dim PCA of the unified model's Conv-Net feature (with the vector index the coarse
                   stage searches)
     unified       the unified model's whole embedding, L2-normalised (the "Unified" single-stage row)
     fine/<name>   [image, region] fine feature under "unified" and, with category models, under EVERY category
                   model, so whichever model a query is routed to can re-rank any candidate
-    route         the meta-category the coarse classifier predicts for the image (index into categories); the
-                  fine stage ranks candidates routed like the query before the others
     box           the discriminative region (x1, y1, x2, y2, original pixels) of the unified model
     codes/<bits>  with `codes` (a system trained with `hash_bits`): the hashing model's binary code (+-1), with a
-                  FAISS binary index ("BFlat") for Hamming search: the "hash" pipeline, or "c2f-hash", where it
-                  replaces the coarse stage of coarse-to-fine
+                  FAISS binary index ("BFlat", "BIVF...") for Hamming search: the "hash" pipeline, or "c2f-hash",
+                  where it replaces the coarse stage of coarse-to-fine; the store attribute "codes" holds the bits
+
+and, in its metadata row, the route: the meta-category the coarse classifier predicts for the image (index into
+categories); the fine stage ranks candidates routed like the query before the others. The engine reads a store
+through `VectorStore` only (rows, search, fetch by id), so any backend with those serves it.
 
 Every pipeline (`Pipeline`) runs through `RetrievalEngine.rank` on a batch of query features, so evaluation,
 the CLI, the server and the benchmarks share one code path. Query expansion (the paper's "average the top-5
 and search again") averages the query with its top hits' features and runs the whole search again with the
 expanded query: for coarse-to-fine, the coarse stage too, so the expanded query can reach images the first
 candidate list missed. The store's fingerprint holds the system fingerprint, so an index built by another
-system is refused.
+system is refused. Image and system paths are stored relative to the index (with the absolute locations as a
+fallback), so an index moved together with its images, or alone, still works.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -38,18 +41,27 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fgia.data.images import load_image
+from fgia.data.images import ImageLoadError, load_image
 from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.features.binary import binarize
 from fgia.features.extract import FeatureSet
 from fgia.features.pca import l2_normalize
-from fgia.index import FeatureStore, IndexMismatchError, StoreRow
+from fgia.index import (
+    CorruptIndexError,
+    FeatureStore,
+    IndexMismatchError,
+    MemoryStore,
+    StoreRow,
+    VectorStore,
+    file_digest,
+)
+from fgia.index.store import MANIFEST
 from fgia.retrieval.search import Ranking, average_query_expansion, knn, rerank
-from fgia.retrieval.system import HASH, System, load_system
-from fgia.runtime import atomic_write_text
+from fgia.retrieval.system import HASH, SYSTEM_FILE, System, load_system
+from fgia.runtime import OUTPUT_MARKER, clear_folder, output_folder, output_kind
 from fgia.train import UNIFIED
 
-ENGINE_FILE = "engine.json"
+INDEX_KIND = "index"
 STAGES = ("features", "coarse_search", "classifier", "fine_search", "total")
 
 
@@ -86,9 +98,12 @@ def fine_name(model: str) -> str:
     return f"fine/{model}"
 
 
+CODES_PREFIX = "codes/"
+
+
 def codes_name(bits: int) -> str:
     """Store array holding the `bits`-bit binary codes."""
-    return f"codes/{bits}"
+    return f"{CODES_PREFIX}{bits}"
 
 
 @dataclass
@@ -174,12 +189,14 @@ def binary_codes(system: System, relaxed: np.ndarray, bits: int) -> np.ndarray:
 
 @dataclass
 class BuildResult:
-    """What `build_index` did: images added now, images skipped as unreadable, the store size after."""
+    """What `build_index` did: images added now, images skipped as unreadable, images skipped as already in the
+    index (same path or same content), the store size after."""
 
     index_dir: Path
     added: int
     skipped: int
     total: int
+    duplicates: int = 0
 
 
 def build_index(
@@ -190,51 +207,159 @@ def build_index(
     factory: str = "Flat",
     device: str = "auto",
     chunk_size: int = 4096,
+    force: bool = False,
     progress: bool = False,
     codes: int | None = None,
     hash_factory: str = "BFlat",
 ) -> BuildResult:
     """Extract and store every stage's features of `database` (see the module docstring).
 
-    `append=True` adds to an existing index built by the same system (refused otherwise); without it an
-    existing index is an error. Unreadable images are skipped and counted. Writes are committed per chunk of
-    `chunk_size` images, so an interruption keeps every committed chunk. `codes`: also store the system's
-    `codes`-bit binary codes with a `hash_factory` binary index (an appended index keeps the lengths it has).
+    A new index is built beside `index_dir` and moved into place when complete: a build that fails leaves
+    nothing, one that is killed is resumed by the next build of the same `index_dir`. A folder that is not
+    empty is refused (an index too: use `append`) unless `force`, which replaces it when the new one is
+    complete. `append=True` adds to an existing index built by the same system; images already in it (same
+    path or same content) are skipped and counted. Unreadable images are skipped and counted. Each chunk of
+    `chunk_size` images is committed (with the class names it uses) as one generation of the store. `codes`: also
+    store the system's `codes`-bit binary codes with a `hash_factory` binary index (an appended index keeps the
+    code length it was built with).
     """
     if not len(database):
         raise ValueError(f"database {database.name!r} has no images to index")
     system = load_system(system_dir, device)
     out = Path(index_dir)
-    fingerprint = _fingerprint(system)
     if append:
-        store = FeatureStore.open(out, expected_fingerprint=fingerprint)
-        meta = json.loads((out / ENGINE_FILE).read_text(encoding="utf-8"))
-        if codes and codes != meta.get("codes"):
-            held = meta.get("codes") or "no"
-            raise IndexMismatchError(f"index {out} holds {held} binary codes, not {codes}-bit ones")
-    else:
-        dims = {"coarse": system.coarse_pca.n_components, "unified": system.models[UNIFIED].embedding_dim,
-                "route": 1, "box": 4}
-        dims |= {fine_name(n): system.fine_dim for n in system.fine_models}
+        if output_kind(out) != INDEX_KIND or not (out / MANIFEST).is_file():
+            raise FileNotFoundError(f"{out} holds no index to append to; build one first (without --append)")
+        store = FeatureStore.open(out, device=device)
+        _check_system(store, system, out)
+        held = store.attributes.get("codes")
+        if codes and codes != held:
+            raise IndexMismatchError(f"index {out} holds {f'{held}-bit' if held else 'no'} binary codes, not "
+                                     f"{codes}-bit ones")
+        return _add(system, store, database, chunk_size, progress)
+    with output_folder(out, INDEX_KIND, force=force, replace_own=False, manifests=[MANIFEST], resume=True) as stage:
         indexes = {"coarse": factory}
+        dims = {"coarse": system.coarse_pca.n_components, "unified": system.models[UNIFIED].embedding_dim,
+                "box": 4}
+        dims |= {fine_name(n): system.fine_dim for n in system.fine_models}
         if codes:
             code_slice(system, codes)  # fail before extracting anything
             dims[codes_name(codes)], indexes[codes_name(codes)] = codes, hash_factory
-        store = FeatureStore.create(out, fingerprint, dims, indexes=indexes, device=device)
-        meta = {"system_dir": str(Path(system_dir).resolve()), "classes": [], "codes": codes}
-    classes: list[str] = meta["classes"]
-    added = skipped = 0
+        store = _resumable(stage, system, indexes, device)
+        if store is None:
+            store = FeatureStore.create(stage, _fingerprint(system), dims, indexes=indexes, device=device,
+                                        attributes={"classes": [], "system": _system_location(system, stage),
+                                                    "system_files": system.files, "codes": codes})
+        result = _add(system, store, database, chunk_size, progress)
+        if not len(store):
+            raise ValueError(_none_readable(database))
+    return replace(result, index_dir=out)
+
+
+def _resumable(stage: Path, system: System, indexes: dict[str, str], device: str) -> FeatureStore | None:
+    """The store a killed build of the same index (same index factories, same binary codes) left in `stage`, when
+    it can go on; else None (and `stage` is emptied: everything in it is what that build wrote)."""
+    if (stage / MANIFEST).is_file():
+        try:
+            store = FeatureStore.open(stage, expected_fingerprint=_fingerprint(system), device=device)
+            built = {name: entry["index"]["factory"] for name, entry in store.manifest["arrays"].items()
+                     if entry["index"] is not None}
+            if built == indexes:
+                return store
+        except (CorruptIndexError, IndexMismatchError, ValueError, KeyError):
+            pass
+    clear_folder(stage, keep={OUTPUT_MARKER})
+    return None
+
+
+def _add(system: System, store: FeatureStore, database: FineGrainedDataset, chunk_size: int,
+         progress: bool) -> BuildResult:
+    """Append the images of `database` not in `store` yet (by path and by content), one commit per chunk; the
+    coarse vector index is saved once, after the last chunk (each chunk writes only its own rows)."""
+    known_paths = {row.path for row in store.rows()}
+    known_digests = {row.digest for row in store.rows()} - {""}
+    classes = list(store.attributes["classes"])
+    base = store.directory.resolve()
+    locations = [*store.attributes.get("locations", []), str(base)]
+    added = skipped = duplicates = 0
     for start in range(0, len(database), chunk_size):
-        samples = database.samples[start : start + chunk_size]
+        samples, digests = [], []
+        for sample in database.samples[start : start + chunk_size]:
+            path = _relative(sample.path, base)
+            digest = _digest(sample.path)
+            if path in known_paths or digest in known_digests:
+                duplicates += 1
+                continue
+            known_paths.add(path)
+            if digest:
+                known_digests.add(digest)
+            samples.append(sample)
+            digests.append(digest)
+        if not samples:
+            continue
         rows, arrays, n_skipped = _database_features(system, samples, database.classes, classes, progress,
-                                                     meta.get("codes"))
+                                                     store.attributes.get("codes"))
         skipped += n_skipped
         if rows:
-            store.append(rows, arrays, fingerprint=fingerprint)
+            digest_of = {_relative(s.path, base): d for s, d in zip(samples, digests)}
+            rows = [replace(row, path=rel, digest=digest_of[rel]) for row in rows for rel in [_relative(row.path, base)]]
+            store.append(rows, arrays, fingerprint=_fingerprint(system), save_index=False,
+                         attributes={"classes": classes, "locations": list(dict.fromkeys(locations))})
             added += len(rows)
-        meta["classes"] = classes
-        atomic_write_text(out / ENGINE_FILE, json.dumps(meta, indent=2))
-    return BuildResult(index_dir=out, added=added, skipped=skipped, total=len(store))
+    store.save_indexes()
+    return BuildResult(index_dir=store.directory, added=added, skipped=skipped, total=len(store),
+                       duplicates=duplicates)
+
+
+def _relative(path: str | os.PathLike, base: Path) -> str:
+    """`path` relative to the index folder `base` (resolved), in posix form."""
+    return Path(os.path.relpath(Path(path).resolve(), base)).as_posix()
+
+
+def _digest(path: str | os.PathLike) -> str:
+    """Content hash of an image file ("" when it cannot be read: extraction will skip and count it)."""
+    try:
+        return file_digest(path)
+    except OSError:
+        return ""
+
+
+def _none_readable(database: FineGrainedDataset) -> str:
+    first = database.samples[0].path
+    try:
+        load_image(first)
+        reason = "no image could be decoded"
+    except ImageLoadError as exc:
+        reason = f"e.g. {exc.path}: {exc.reason}"
+    return f"none of the {len(database)} images of {database.name!r} could be read ({reason}); nothing was written"
+
+
+def _system_location(system: System, index_dir: Path) -> dict[str, str]:
+    absolute = system.path.resolve()
+    return {"relative": Path(os.path.relpath(absolute, index_dir.resolve())).as_posix(), "absolute": str(absolute)}
+
+
+def _find_system(store: FeatureStore, index_dir: Path) -> Path:
+    """The system folder the index names: relative to the index first (moved together), else where it was."""
+    location = store.attributes["system"]
+    for candidate in (index_dir / location["relative"], Path(location["absolute"])):
+        if (candidate / SYSTEM_FILE).is_file():
+            return candidate
+    raise FileNotFoundError(f"the system that built index {index_dir} is neither at {index_dir / location['relative']} "
+                            f"nor at {location['absolute']}; pass its folder explicitly (system_dir / --system)")
+
+
+def _check_system(store: FeatureStore, system: System, index_dir: Path) -> None:
+    """Refuse an index built by another system, naming the system files that changed since."""
+    try:
+        store.check_fingerprint(_fingerprint(system))
+    except IndexMismatchError as exc:
+        built = store.attributes.get("system_files", {})
+        changed = sorted(n for n in set(built) | set(system.files) if built.get(n) != system.files.get(n))
+        detail = f"files changed since the index was built: {', '.join(changed)}" if changed else str(exc)
+        raise IndexMismatchError(f"index {index_dir} was built by another version of the system at {system.path} "
+                                 f"({detail}); rebuild the index with --force, or use the system it was built "
+                                 "with") from None
 
 
 def _database_features(
@@ -245,8 +370,7 @@ def _database_features(
     class names (in place)."""
     f = image_features(system, samples, progress=progress)
     boxes = f.boxes if f.boxes is not None else np.zeros((len(f), 4), np.float32)
-    arrays = {"coarse": f.coarse, "unified": f.unified, "route": f.route[:, None].astype(np.float32),
-              "box": boxes, **f.fine}
+    arrays = {"coarse": f.coarse, "unified": f.unified, "box": boxes, **f.fine}
     if codes:
         arrays[codes_name(codes)] = binary_codes(system, f.codes, codes)
     position = {name: i for i, name in enumerate(classes)}
@@ -260,7 +384,8 @@ def _database_features(
                 position[name] = len(classes)
                 classes.append(name)
             label = position[name]
-        rows.append(StoreRow(path=str(Path(s.path).resolve()), category=s.category or "", label=label))
+        rows.append(StoreRow(path=str(Path(s.path).resolve()), category=s.category or "", label=label,
+                             route=int(f.route[len(rows)])))
     return rows, arrays, len(samples) - len(f.index)
 
 
@@ -278,33 +403,66 @@ def _fingerprint(system: System) -> dict[str, Any]:
 class RetrievalEngine:
     """A loaded index + its system, answering queries with any pipeline (see `Pipeline`)."""
 
-    def __init__(self, system: System, store: FeatureStore, classes: list[str]) -> None:
+    def __init__(self, system: System, store: VectorStore, classes: list[str]) -> None:
         self.system = system
         self.store = store
         self.classes = classes
         self.rows = store.rows()
-        # Every search reads these arrays: hold them in memory rather than memory-mapped.
-        self.arrays = {name: np.array(store.array(name)) for name in store.dims}
-        self.routes = self.arrays["route"][:, 0].astype(np.int64)
-        self.coarse_index = store.index("coarse")  # its positions are image ids: the array covers every image
+        self.routes = store.routes()
         self.top_k = system.config.resolve_top_k(len(store))
-        self.code_bits = next((int(n.split("/")[1]) for n in store.dims if n.startswith("codes/")), None)
+        self.code_bits: int | None = store.attributes.get("codes")
+        # Paths are relative to the index; where it was built is the fallback for an index moved on its own.
+        directory = getattr(store, "directory", None)
+        self._bases = [*([Path(directory).resolve()] if directory else []),
+                       *map(Path, reversed(store.attributes.get("locations", [])))]
+
+    @classmethod
+    def from_arrays(cls, system: System, rows: Sequence[StoreRow], arrays: dict[str, np.ndarray],
+                    classes: list[str], factory: str = "Flat", device: str = "auto",
+                    hash_factory: str = "BFlat") -> RetrievalEngine:
+        """An engine over in-memory arrays (named as in a built index, see the module docstring), e.g. features
+        computed elsewhere or a benchmark's synthetic database; a "codes/<bits>" array gets a `hash_factory`
+        binary index."""
+        codes = [name for name in arrays if name.startswith(CODES_PREFIX)]
+        if len(codes) > 1:
+            raise ValueError(f"an index holds one code length, got arrays {codes}")
+        indexes = {"coarse": factory} | {name: hash_factory for name in codes}
+        attributes = {"codes": arrays[codes[0]].shape[1]} if codes else {}
+        return cls(system, MemoryStore(rows, arrays, indexes=indexes, device=device, attributes=attributes), classes)
 
     @classmethod
     def load(
-        cls, index_dir: str | os.PathLike, device: str = "auto", system_dir: str | os.PathLike | None = None
+        cls,
+        index_dir: str | os.PathLike,
+        device: str = "auto",
+        system_dir: str | os.PathLike | None = None,
+        verify: bool = False,
     ) -> RetrievalEngine:
-        """Open an index and the system that built it (or `system_dir`); refuses a mismatched pair."""
+        """Open an index and the system that built it (or `system_dir`); refuses a mismatched pair.
+
+        File sizes and counts are always checked, checksums too with `verify`; a damaged index raises
+        CorruptIndexError naming the file."""
         path = Path(index_dir)
-        meta_path = path / ENGINE_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{path} is not a retrieval index (no {ENGINE_FILE}); run build_index first")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        system = load_system(system_dir or meta["system_dir"], device)
-        store = FeatureStore.open(path, expected_fingerprint=_fingerprint(system), device=device)
+        if not (path / MANIFEST).is_file():
+            raise FileNotFoundError(f"{path} is not a retrieval index (no {MANIFEST}); build one with `fgia index`")
+        store = FeatureStore.open(path, device=device, verify=verify)
+        system = load_system(system_dir or _find_system(store, path), device)
+        _check_system(store, system, path)
         if len(store) == 0:
             raise IndexMismatchError(f"index {path} is empty")
-        return cls(system, store, meta["classes"])
+        engine = cls(system, store, store.attributes["classes"])
+        engine._check_consistency()
+        return engine
+
+    def _check_consistency(self) -> None:
+        """Every stored label has a class name and every route a meta-category."""
+        labels = self.labels()
+        if len(labels) and labels.max() >= len(self.classes):
+            raise CorruptIndexError(f"{self.store.directory}: labels up to {labels.max()} but only "
+                                    f"{len(self.classes)} class names are committed; rebuild the index with --force")
+        if len(self.routes) and not np.isin(self.routes, np.arange(len(self.system.categories))).all():
+            raise CorruptIndexError(f"{self.store.directory}: stored routes outside the system's "
+                                    f"{len(self.system.categories)} meta-categories; rebuild the index with --force")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -319,19 +477,21 @@ class RetrievalEngine:
             "backbone": cfg.backbone,
             "image_size": cfg.image_size,
             "dims": self.store.dims,
-            "factory": self.coarse_index.factory,
+            "factory": self.store.index("coarse").factory,
             "codes": self.code_bits,
             "top_k": self.top_k,
             "query_expansion": cfg.qe_top,
-            "system": str(self.system.path),
+            "system": self.system.path.name,
             "fingerprint": self.system.fingerprint,
         }
 
     def image_path(self, image_id: int) -> Path:
-        """Path of database image `image_id`."""
+        """Path of database image `image_id` (relative to the index, or where the index was built when the
+        index was moved without its images)."""
         if not 0 <= image_id < len(self.rows):
             raise IndexError(f"image id {image_id} is outside the index (0..{len(self.rows) - 1})")
-        return Path(self.rows[image_id].path)
+        candidates = [Path(os.path.normpath(base / self.rows[image_id].path)) for base in self._bases]
+        return next((p for p in candidates if p.exists()), candidates[0])
 
     def labels(self) -> np.ndarray:
         """Database labels (int, -1 unlabelled), indexing `classes`."""
@@ -348,9 +508,10 @@ class RetrievalEngine:
              top_k: int | None = None, full: bool = False, timer: StageTimer | None = None) -> Ranking:
         """Rankings of a batch of queries with one pipeline (query expansion with the system's `qe_top` hits).
 
-        Single-stage pipelines search the whole database exactly; c2f pipelines re-rank the coarse stage's K
+        Single-stage pipelines search the whole database exactly ("hash" by Hamming distance in the binary code
+        index); c2f pipelines re-rank the coarse stage's (for "c2f-hash" the Hamming search's) K
         candidates (K = `top_k` or the system's), those routed like the query first. With `full`, every ranking
-        covers the whole database: c2f appends the images outside the candidates in coarse order (what mAP over
+        covers the whole database: c2f appends the images outside the candidates in first-stage order (what mAP over
         the whole database needs). `timer` accumulates the coarse and fine search times."""
         pipeline = Pipeline.parse(pipeline)
         timer = timer or StageTimer()
@@ -359,86 +520,100 @@ class RetrievalEngine:
             raise ValueError("query expansion needs the system's qe_top >= 1")
         k = len(self) if full else top_k or self.top_k
         if pipeline is Pipeline.HASH:
-            query, database = self._first_stage(qf, pipeline)
+            query, name = self._first_stage(qf, pipeline)
             with timer("coarse_search"):
-                ranking = self._search_first(query, k, hashed=True)
+                ranking = self._first_search(query, name, k)
                 if qe_top:
-                    expanded = average_query_expansion(query, database, ranking.ids[:, :qe_top])
-                    ranking = self._search_first(expanded, k, hashed=True)
+                    hits = ranking.ids[:, :qe_top]
+                    expanded = average_query_expansion(query, self.store.fetch(name, hits), hits >= 0)
+                    ranking = self._first_search(expanded, name, k)
             return ranking
         if not pipeline.is_c2f:
             query, database = self._single_stage(qf, pipeline)
             with timer("coarse_search"):
                 ranking = knn(query, database, k)
                 if qe_top:
-                    ranking = knn(average_query_expansion(query, database, ranking.ids[:, :qe_top]), database, k)
+                    hits = ranking.ids[:, :qe_top]
+                    ranking = knn(average_query_expansion(query, database[np.maximum(hits, 0)], hits >= 0), database, k)
             return ranking
         k_coarse = top_k or self.top_k
-        hashed = pipeline is Pipeline.C2F_HASH
-        first, first_database = self._first_stage(qf, pipeline)
-        query, databases = self._fine_inputs(qf, pipeline)
-        ranking = self._c2f(first, query, databases, qf.route, k_coarse, full, timer, hashed)
+        first, name = self._first_stage(qf, pipeline)
+        query = self._fine_query(qf, pipeline)
+        ranking = self._c2f(first, name, query, pipeline, qf.route, k_coarse, full, timer)
         if qe_top:
             hits = ranking.ids[:, :qe_top]
             with timer("fine_search"):
-                first = average_query_expansion(first, first_database, hits)
-                query = np.stack([average_query_expansion(q[None], databases[r], h[None])[0]
-                                  for q, r, h in zip(query, qf.route, hits)]) if len(query) else query
-            ranking = self._c2f(first, query, databases, qf.route, k_coarse, full, timer, hashed)
+                first = average_query_expansion(first, self.store.fetch(name, hits), hits >= 0)
+                query = average_query_expansion(query, self._fine_vectors(pipeline, qf.route, hits), hits >= 0)
+            ranking = self._c2f(first, name, query, pipeline, qf.route, k_coarse, full, timer)
         return ranking
 
-    def _first_stage(self, qf: ImageFeatures, pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
-        """(query, database) features of the stage that picks candidates: the binary codes for the hash pipelines,
-        else the coarse feature."""
+    def _first_stage(self, qf: ImageFeatures, pipeline: Pipeline) -> tuple[np.ndarray, str]:
+        """(query features, store array) of the stage that picks candidates: the binary codes for the hash
+        pipelines, else the coarse feature."""
         if pipeline not in (Pipeline.HASH, Pipeline.C2F_HASH):
-            return qf.coarse, self.arrays["coarse"]
+            return qf.coarse, "coarse"
         if self.code_bits is None:
             raise ValueError(f"pipeline {pipeline.value!r} needs an index built with binary codes (fgia index "
-                             "--codes BITS, with a system trained with hash_bits)")
-        return binary_codes(self.system, qf.codes, self.code_bits), self.arrays[codes_name(self.code_bits)]
+                             "--codes BITS, with a system trained with --codes)")
+        return binary_codes(self.system, qf.codes, self.code_bits), codes_name(self.code_bits)
 
-    def _search_first(self, query: np.ndarray, k: int, hashed: bool) -> Ranking:
-        """The first stage's k nearest: Hamming distances in the binary code index, or Euclidean ones in the
-        coarse index."""
-        if hashed:
-            distances, ids = self.store.index(codes_name(self.code_bits)).search(query, k)
-            return Ranking(ids=ids, distances=distances)
-        sq, ids = self.coarse_index.search(query, k)
-        return Ranking(ids=ids, distances=np.sqrt(np.maximum(sq, 0)).astype(np.float32))
+    def _first_search(self, query: np.ndarray, name: str, k: int) -> Ranking:
+        """The k nearest in the index over store array `name`: Hamming distances for binary codes, Euclidean
+        ones for the coarse feature."""
+        distances, ids = self.store.search(name, query, k)
+        if name == "coarse":
+            distances = np.sqrt(np.maximum(distances, 0))
+        return Ranking(ids=ids, distances=distances.astype(np.float32))
 
     def _single_stage(self, qf: ImageFeatures, pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
         if pipeline is Pipeline.COARSE:
-            return qf.coarse, self.arrays["coarse"]
+            return qf.coarse, self.store.array("coarse")
         if pipeline is Pipeline.UNIFIED:
-            return qf.unified, self.arrays["unified"]
+            return qf.unified, self.store.array("unified")
         dim = getattr(self.system.models[UNIFIED], "conv_feature_dim", qf.unified.shape[1])
-        return l2_normalize(qf.unified[:, :dim]), l2_normalize(self.arrays["unified"][:, :dim])
+        return l2_normalize(qf.unified[:, :dim]), l2_normalize(self.store.array("unified")[:, :dim])
 
-    def _fine_inputs(self, qf: ImageFeatures, pipeline: Pipeline) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(query fine features, database fine features per meta-category) of a c2f pipeline."""
-        names = [UNIFIED if pipeline is Pipeline.C2F_UNIFIED else self.system.model_for(c)
-                 for c in range(len(self.system.categories))]
-        query = np.stack([qf.fine[fine_name(names[r])][i] for i, r in enumerate(qf.route)]) if len(qf) else \
-            qf.fine[fine_name(UNIFIED)][:0]
-        databases = [self.arrays[fine_name(n)] for n in names]
-        if pipeline is Pipeline.C2F_IMAGE:
-            part = self.system.part_pcas[UNIFIED][0].n_components
-            query, databases = query[:, :part], [d[:, :part] for d in databases]
-        return query, databases
+    def _fine_models(self, pipeline: Pipeline) -> list[str]:
+        """The model whose fine feature re-ranks for each meta-category (index = route)."""
+        return [UNIFIED if pipeline is Pipeline.C2F_UNIFIED else self.system.model_for(c)
+                for c in range(len(self.system.categories))]
 
-    def _c2f(self, first: np.ndarray, fine: np.ndarray, databases: list[np.ndarray], route: np.ndarray,
-             k: int, full: bool, timer: StageTimer, hashed: bool = False) -> Ranking:
-        """The first stage's top-K (coarse, or Hamming when `hashed`), re-ranked by fine distance (candidates
-        routed like the query first); with `full`, the rest of the database follows in first-stage order."""
+    def _fine_query(self, qf: ImageFeatures, pipeline: Pipeline) -> np.ndarray:
+        """Each query's fine feature under its routed model (only the image part for c2f-image)."""
+        names = self._fine_models(pipeline)
+        if not len(qf):
+            return qf.fine[fine_name(UNIFIED)][:0, : self._fine_dim(pipeline)]
+        query = np.stack([qf.fine[fine_name(names[r])][i] for i, r in enumerate(qf.route)])
+        return query[:, : self._fine_dim(pipeline)]
+
+    def _fine_dim(self, pipeline: Pipeline) -> int:
+        return self.system.part_pcas[UNIFIED][0].n_components if pipeline is Pipeline.C2F_IMAGE else self.system.fine_dim
+
+    def _fine_vectors(self, pipeline: Pipeline, route: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Database fine features (Q, n, d) of `ids` (Q, n), each query's under its routed model."""
+        names = self._fine_models(pipeline)
+        vectors = np.zeros((*ids.shape, self._fine_dim(pipeline)), dtype=np.float32)
+        for m, name in enumerate(names):
+            rows = np.flatnonzero(route == m)
+            if len(rows):
+                vectors[rows] = self.store.fetch(fine_name(name), ids[rows])[..., : vectors.shape[-1]]
+        return vectors
+
+    def _c2f(self, first: np.ndarray, name: str, fine: np.ndarray, pipeline: Pipeline, route: np.ndarray, k: int,
+             full: bool, timer: StageTimer) -> Ranking:
+        """The first stage's top-K (the coarse feature's, or the binary codes' by Hamming distance), re-ranked by
+        fine distance (candidates routed like the query first); with `full`, the rest of the database follows in
+        first-stage order."""
         with timer("coarse_search"):
-            found = self._search_first(first, len(self) if full else k, hashed)
-            candidates, rest = found.ids[:, :k], found.ids[:, k:]
+            found = self._first_search(first, name, len(self) if full else k)
+            candidates = found.ids[:, :k]
         with timer("fine_search"):
             other = (self.routes[np.maximum(candidates, 0)] != route[:, None]) & (candidates >= 0)
-            ranking = rerank(fine, databases, candidates, route, demote=other)
+            ranking = rerank(fine, self._fine_vectors(pipeline, route, candidates), candidates, demote=other)
         if not full:
             return ranking
-        return Ranking(ids=np.concatenate([ranking.ids, rest], axis=1),
+        return Ranking(ids=np.concatenate([ranking.ids, found.ids[:, k:]], axis=1),
                        distances=np.concatenate([ranking.distances, found.distances[:, k:]], axis=1))
 
     # ------------------------------------------------------------------------------------------- answering
@@ -473,26 +648,13 @@ class RetrievalEngine:
         return SearchResult(
             ids=[int(j) for j in ids],
             distances=[float(d) for d in dist],
-            paths=[r.path for r in rows],
+            paths=[str(self.image_path(int(j))) for j in ids],
             labels=[self.classes[r.label] if r.label >= 0 else None for r in rows] if has_labels else None,
             category=self.system.categories[int(qf.route[i])],
             region_box=None if qf.boxes is None else tuple(float(v) for v in qf.boxes[i]),
             confidence_map=None if qf.maps is None else qf.maps[i],
             timings_ms=dict(timings),
         )
-
-
-def search_files(
-    index_dir: str | os.PathLike,
-    images: Sequence[str | os.PathLike],
-    top_k: int = 10,
-    pipeline: str = "c2f",
-    query_expansion: bool = False,
-    device: str = "auto",
-) -> list[SearchResult]:
-    """`fgia search`: load the index and answer each image file (an unreadable file raises ImageLoadError)."""
-    engine = RetrievalEngine.load(index_dir, device=device)
-    return engine.search([load_image(p) for p in images], top_k, pipeline, query_expansion)
 
 
 class StageTimer:

@@ -12,14 +12,10 @@ q', the coarse stage included.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
-
-FineDatabase = np.ndarray | Sequence[np.ndarray]
-"""One (n, d) matrix, or one per routing model (each (n, d), row i = database image i)."""
 
 
 @dataclass
@@ -71,82 +67,51 @@ def knn(queries: np.ndarray, database: np.ndarray, k: int) -> Ranking:
 
 def rerank(
     queries: np.ndarray,
-    database: FineDatabase,
+    vectors: np.ndarray,
     candidates: np.ndarray,
-    routes: np.ndarray | None = None,
     k: int | None = None,
     demote: np.ndarray | None = None,
 ) -> Ranking:
-    """Re-rank each query's `candidates` (Q, K) row ids by Euclidean distance on the fine features.
+    """Re-rank each query's `candidates` (Q, K) database ids by Euclidean distance between the query (Q, d) and
+    the candidates' fine features `vectors` (Q, K, d) (e.g. each query's under its routed model).
 
-    With one (n, d) `database`, every query uses it; with a sequence of them, query i uses
-    `database[routes[i]]` (the category-specific model the coarse classifier picked). Candidates marked in
-    `demote` (Q, K) are ranked after all the others (each group by distance), e.g. database images of
-    another meta-category than the query's. Ties keep the candidate order. Returns the best `k`
-    (default: all K) per query.
+    Candidates marked in `demote` (Q, K) are ranked after all the others (each group by distance), e.g. database
+    images of another meta-category than the query's. Padding (id -1) goes last. Ties keep the candidate order.
+    Returns the best `k` (default: all K) per query.
     """
     cand = np.asarray(candidates, dtype=np.int64)
     if cand.ndim != 2 or len(cand) != len(queries):
         raise ValueError(f"candidates must be (Q, K) with Q={len(queries)}, got shape {cand.shape}")
-    dbs = _databases(database, routes, len(cand))
-    q = as_matrix(queries, "queries", dbs[0].shape[1])
-    n = len(dbs[0])
-    if cand.max(initial=-1) >= n:
-        raise ValueError(f"candidate id {int(cand.max())} is outside the database of {n} rows")
-    route = np.zeros(len(q), dtype=np.int64) if routes is None else np.asarray(routes, dtype=np.int64)
-    dist = np.full(cand.shape, np.inf, dtype=np.float32)
+    q = as_matrix(queries, "queries")
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.shape != (*cand.shape, q.shape[1]):
+        raise ValueError(f"candidate vectors must be {(*cand.shape, q.shape[1])}, got shape {vectors.shape}")
     valid = cand >= 0
-    for m, db in enumerate(dbs):
-        rows = np.flatnonzero(route == m)
-        if len(rows) == 0:
-            continue
-        c = np.where(valid[rows], cand[rows], 0)
-        diff = db[c] - q[rows, None, :]
-        dist[rows] = np.where(valid[rows], np.sqrt(np.einsum("qkd,qkd->qk", diff, diff)), np.inf)
+    diff = vectors - q[:, None, :]
+    dist = np.where(valid, np.sqrt(np.einsum("qkd,qkd->qk", diff, diff)), np.inf).astype(np.float32)
+    order = np.argsort(dist, axis=1, kind="stable")
     if demote is not None:
         demote = np.asarray(demote, dtype=bool)
         if demote.shape != cand.shape:
             raise ValueError(f"demote must have the candidates' shape {cand.shape}, got {demote.shape}")
-    order = np.argsort(dist, axis=1, kind="stable")
-    if demote is not None:
         # A stable sort on the flags, taken in distance order, moves demoted candidates last.
-        flags = np.take_along_axis(demote, order, axis=1)
+        flags = np.take_along_axis(demote & valid, order, axis=1)
         order = np.take_along_axis(order, np.argsort(flags, axis=1, kind="stable"), axis=1)
     ids = np.take_along_axis(np.where(valid, cand, -1), order, axis=1)
     out = Ranking(ids=ids, distances=np.take_along_axis(dist, order, axis=1))
     return out if k is None else _pad(out.ids[:, :k], out.distances[:, :k], k)
 
 
-def average_query_expansion(queries: np.ndarray, database: np.ndarray, hits: np.ndarray) -> np.ndarray:
-    """Average query expansion: each query averaged with the database rows of its (Q, n) `hits` (-1 = none)."""
+def average_query_expansion(queries: np.ndarray, hit_vectors: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Average query expansion: each query (Q, d) averaged with the features of its hits (Q, n, d); `valid`
+    (Q, n) marks the real hits (a query with fewer than n hits averages fewer)."""
     q = as_matrix(queries, "queries")
-    db = as_matrix(database, "database", q.shape[1], check_finite=False)
-    hits = np.asarray(hits, dtype=np.int64)
-    valid = (hits >= 0)[..., None]
-    summed = np.where(valid, db[np.maximum(hits, 0)], 0.0).sum(axis=1)
-    return ((q + summed) / (1 + valid.sum(axis=1))).astype(np.float32)
-
-
-def _databases(database: FineDatabase, routes: np.ndarray | None, n_queries: int) -> list[np.ndarray]:
-    if isinstance(database, np.ndarray) and database.ndim == 2:
-        if routes is not None and np.any(np.asarray(routes) != 0):
-            raise ValueError("routes given but only one fine database")
-        return [as_matrix(database, "fine database", check_finite=False)]
-    dbs = [as_matrix(db, f"fine database {m}", check_finite=False) for m, db in enumerate(database)]
-    if not dbs:
-        raise ValueError("no fine database given")
-    if any(db.shape != dbs[0].shape for db in dbs):
-        raise ValueError(f"fine databases differ in shape: {[db.shape for db in dbs]}")
-    if routes is None:
-        if len(dbs) > 1:
-            raise ValueError(f"{len(dbs)} fine databases given but no routes to choose between them")
-        return dbs
-    r = np.asarray(routes)
-    if r.shape != (n_queries,):
-        raise ValueError(f"routes must have one entry per query ({n_queries}), got shape {r.shape}")
-    if len(r) and (r.min() < 0 or r.max() >= len(dbs)):
-        raise ValueError(f"routes must lie in [0, {len(dbs)}), got {r.min()}..{r.max()}")
-    return dbs
+    hits = np.asarray(hit_vectors, dtype=np.float32)
+    if hits.ndim != 3 or hits.shape[0] != len(q) or hits.shape[2] != q.shape[1]:
+        raise ValueError(f"hit vectors must be (Q={len(q)}, n, {q.shape[1]}), got shape {hits.shape}")
+    mask = np.ones(hits.shape[:2], bool) if valid is None else np.asarray(valid, dtype=bool)
+    summed = np.where(mask[..., None], hits, 0.0).sum(axis=1)
+    return ((q + summed) / (1 + mask.sum(axis=1, keepdims=True))).astype(np.float32)
 
 
 def _pad(ids: np.ndarray, distances: np.ndarray, k: int) -> Ranking:

@@ -13,7 +13,8 @@ Training (`train_system`) on the auxiliary set AD:
 Layout of a system directory:
 
     system.yaml              the resolved SystemConfig (the recipe validation chose)
-    system.json              categories, feature dimensions, the validation report, training times
+    system.json              categories, feature dimensions, the validation report, training times, the files the
+                             system wrote (its fingerprint covers them, not whatever else is in the folder)
     models/<name>/           "unified", every meta-category (with category models), "offtheshelf" (with fusion)
     pca/coarse.*             PCA of the unified model's Conv-Net feature to `coarse_dim` (the coarse feature)
     pca/<name>-image.*       PCA of model <name>'s whole-image feature to the part dimension
@@ -47,15 +48,28 @@ from rich.console import Console
 from sklearn.linear_model import LogisticRegression
 
 from fgia.config import load_yaml, save_yaml
+from fgia.data.compose import labelled_set
 from fgia.data.protocols import hold_out_classes
 from fgia.data.readers import DatasetError
 from fgia.data.samples import FineGrainedDataset, Sample
-from fgia.eval.metrics import evaluate_retrieval
-from fgia.features.extract import FeatureSet, TrunkGroup, extract_from_images, extract_models
+from fgia.features.extract import (
+    FeatureSet,
+    TrunkGroup,
+    extract_from_images,
+    extract_models,
+)
 from fgia.features.pca import FeaturePCA, l2_normalize
+from fgia.index import file_digest
+from fgia.metrics import evaluate_retrieval
 from fgia.models import create_model, load_model, save_model
 from fgia.retrieval.search import average_query_expansion, knn
-from fgia.runtime import atomic_path, atomic_write_text, pick_device, seed_everything
+from fgia.runtime import (
+    atomic_path,
+    atomic_write_text,
+    output_folder,
+    pick_device,
+    seed_everything,
+)
 from fgia.train import UNIFIED, TrainConfig, categories_of, fit, fit_category_model
 from fgia.train.cache import TrunkCache, trunk_cache
 from fgia.train.trainer import normalisation
@@ -65,6 +79,7 @@ CONFIG_FILE = "system.yaml"
 CLASSIFIER_FILE = "classifier.npz"
 AUX_FILE = "aux_unified.npz"
 OFFTHESHELF = "offtheshelf"
+SYSTEM_KIND = "system"
 HASH = "hash"
 HASH_MODELS = ("a2net_hash",)  # hashing models with maps, so that the system's extraction can keep them
 
@@ -234,7 +249,7 @@ class CoarseClassifier:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Meta-category index per row."""
-        if len(self.model.classes_) == 1:
+        if len(self.model.classes_) == 1 or not len(features):  # sklearn refuses to predict zero rows
             return np.full(len(features), self.model.classes_[0], dtype=np.int64)
         return self.model.predict(features).astype(np.int64)
 
@@ -303,6 +318,7 @@ class System:
     coarse_pca: FeaturePCA
     part_pcas: dict[str, tuple[FeaturePCA, FeaturePCA | None]]
     classifier: CoarseClassifier
+    files: dict[str, str]  # the files the system wrote -> their SHA-256 now
     fingerprint: str
     hash_model: nn.Module | None = None
     group: TrunkGroup = field(init=False)
@@ -361,12 +377,20 @@ class System:
 # ------------------------------------------------------------------------------------------------- training
 def train_system(
     auxiliary: FineGrainedDataset, cfg: SystemConfig, out_dir: str | os.PathLike, progress: bool = True,
-    console: Console | None = None,
+    console: Console | None = None, force: bool = False,
 ) -> Path:
     """Train the whole system on the auxiliary set AD and save it in `out_dir` (see the module docstring);
-    returns `out_dir`."""
-    console = console or Console(quiet=not progress)
-    out = Path(out_dir)
+    returns `out_dir`. Unlabelled images of AD are left out; an AD without meta-categories is one category (the
+    coarse stage then only narrows the search to the top-K, it routes nothing). The system is written beside
+    `out_dir` and moved into place when complete; an existing system (whose indexes would stop loading) or a
+    non-empty folder is refused unless `force` (see `fgia.runtime.output_folder`)."""
+    with output_folder(out_dir, SYSTEM_KIND, force=force, replace_own=False) as out:
+        _train_system(labelled_set(auxiliary), cfg, out, progress, console or Console(quiet=not progress))
+    return Path(out_dir)
+
+
+def _train_system(auxiliary: FineGrainedDataset, cfg: SystemConfig, out: Path, progress: bool,
+                  console: Console) -> None:
     categories = categories_of(auxiliary)
     _check_batch_size(auxiliary, cfg, categories)
     seed_everything(cfg.seed)
@@ -429,9 +453,9 @@ def train_system(
         "seconds": {"trunk_cache": cache_s, "selection": (selection or {}).get("seconds", 0.0), "train": train_s,
                     "total": time.perf_counter() - started},
         "cache_images": len(cache.rows),
+        "files": sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name[0] != "."),
     }
     atomic_write_text(out / SYSTEM_FILE, json.dumps(info, indent=2))
-    return out
 
 
 def _check_batch_size(aux: FineGrainedDataset, cfg: SystemConfig, categories: list[str]) -> None:
@@ -512,8 +536,8 @@ def validation_map(features: np.ndarray, labels: np.ndarray, categories: np.ndar
         queries = f
         if qe_top:
             hits = knn(f, f, qe_top + 1).ids[:, 1:]  # the nearest hit is the query itself
-            queries = average_query_expansion(f, f, hits)
-        scores = evaluate_retrieval(queries, y, f, y, ks=(1,), exclude_ids=np.arange(len(rows)), device="cpu")
+            queries = average_query_expansion(f, f[hits])
+        scores = evaluate_retrieval(queries, y, f, y, ks=(1,), exclude_ids=np.arange(len(rows)))
         total += scores["mAP"] * scores["n_queries"]
         count += scores["n_queries"]
     return total / max(1, count)
@@ -629,6 +653,7 @@ def load_system(system_dir: str | os.PathLike, device: str = "auto") -> System:
     dev = pick_device(device)
     models = {n: load_model(path / "models" / n, str(dev))[0] for n in info["models"]}
     pca_dir = path / "pca"
+    files = _file_digests(path, info)
     return System(
         path=path,
         config=cfg,
@@ -639,17 +664,22 @@ def load_system(system_dir: str | os.PathLike, device: str = "auto") -> System:
                        FeaturePCA.load(pca_dir / f"{n}-region") if cfg.regions else None)
                    for n in models if n != OFFTHESHELF},
         classifier=CoarseClassifier.load(path / CLASSIFIER_FILE),
-        fingerprint=_fingerprint(path),
+        files=files,
+        fingerprint=hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16],
         hash_model=load_model(path / HASH, str(dev))[0] if cfg.hash_bits else None,
     )
 
 
-def _fingerprint(system_dir: Path) -> str:
-    """SHA-256 over every file of the system (models, PCAs, classifier, config), computed on load, so any
-    retraining or edited file changes it and an index built before is refused."""
-    digest = hashlib.sha256()
-    for p in sorted(q for q in system_dir.rglob("*") if q.is_file() and q.name != SYSTEM_FILE):
-        digest.update(str(p.relative_to(system_dir)).encode())
-        digest.update(hashlib.sha256(p.read_bytes()).digest())
-    return digest.hexdigest()[:16]
+def _file_digests(system_dir: Path, info: dict[str, Any]) -> dict[str, str]:
+    """SHA-256 of every file the system wrote (listed in system.json), computed on load, so any retraining or
+    edited file changes the fingerprint and an index built before is refused, while files others put in the
+    folder do not matter."""
+    digests = {}
+    for name in info["files"]:
+        try:
+            digests[name] = file_digest(system_dir / name)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{system_dir / name} is missing: the system at {system_dir} is incomplete "
+                                    "(copy it again, or retrain it)") from None
+    return digests
 

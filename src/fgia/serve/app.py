@@ -11,16 +11,18 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from swagger_ui_bundle import swagger_ui_path
 
 from fgia.data.images import ImageLoadError, load_image
-from fgia.serve.batching import QueueFull, SearchBatcher, SearchOptions
+from fgia.serve.batching import DecodeSlots, QueueFull, SearchBatcher, SearchOptions
 from fgia.serve.config import ServeConfig
+from fgia.serve.limits import BodyLimits
 from fgia.serve.protocol import SearchEngine, SearchResultLike
 from fgia.serve.stats import LatencyStats
 from fgia.serve.uploads import ACCEPTED_TYPES, UploadError, decode_upload
@@ -87,16 +89,24 @@ def _hits(result: SearchResultLike) -> list[Hit]:
     ]
 
 
-def _uses_cuda(engine: SearchEngine) -> bool:
-    return str(getattr(engine, "device", "cpu")).startswith("cuda")
+def _plain_error(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error as JSON without the objects pydantic keeps (an upload's internals, exceptions)."""
+    out = {"type": error["type"], "loc": list(error["loc"]), "msg": error["msg"]}
+    value = error.get("input")
+    if isinstance(value, (str, int, float, bool)) and len(str(value)) <= 200:
+        out["input"] = value
+    return out
 
 
 def create_app(engine: SearchEngine, cfg: ServeConfig | None = None) -> FastAPI:
     """The search service over a loaded engine: JSON API, images by id, and the offline web page at /."""
     cfg = cfg or ServeConfig()
-    batch = cfg.batching == "on" or (cfg.batching == "auto" and _uses_cuda(engine))
+    batch = cfg.batching == "on"
     batcher = SearchBatcher(engine, max_batch=cfg.max_batch if batch else 1,
                             max_wait_ms=cfg.max_wait_ms if batch else 0.0, max_queue=cfg.max_queue)
+    # Decoding happens under this bound, before the queue: N huge uploads cannot take N decoded images' memory;
+    # a decoded query is reduced (`query_side`) before it waits for its batch.
+    slots = DecodeSlots(cfg.max_decoding, max_waiting=cfg.max_queue)
     latency = LatencyStats(cfg.latency_window)
     thumbnail = functools.lru_cache(maxsize=cfg.thumb_cache_items)(render_thumbnail)
     cache_control = f"public, max-age={cfg.cache_max_age_s}"
@@ -107,8 +117,13 @@ def create_app(engine: SearchEngine, cfg: ServeConfig | None = None) -> FastAPI:
         yield
         await batcher.stop()
 
-    app = FastAPI(title="fgia search", version="1", lifespan=lifespan, docs_url=None,
+    app = FastAPI(title="fgia search", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="One-shot fine-grained instance retrieval: upload a photo, get the same species.")
+    app.add_middleware(BodyLimits, max_bytes=cfg.max_upload_bytes, timeout_s=cfg.upload_timeout_s)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": [_plain_error(e) for e in exc.errors()]}, status_code=422)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # FastAPI's default /docs loads Swagger UI from a CDN; serve the bundled copy so the docs work offline.
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
@@ -135,29 +150,30 @@ def create_app(engine: SearchEngine, cfg: ServeConfig | None = None) -> FastAPI:
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
-    @app.post("/search", response_model=SearchResponse, max_body_size=cfg.max_upload_bytes,
-              dependencies=[Depends(_require_multipart)],
+    @app.post("/search", response_model=SearchResponse, dependencies=[Depends(_require_multipart)],
               responses={400: {"description": "corrupt or empty image"},
-                         413: {"description": "upload bytes or pixel count over the limits shown in /stats"},
+                         408: {"description": "the upload stalled"},
+                         413: {"description": "upload bytes, pixels or decoded bytes over the limits in /stats"},
                          415: {"description": "not a JPEG/PNG/WebP upload"},
                          422: {"description": "bad options"},
                          503: {"description": "too many queries waiting"}})
     async def search(
+        request: Request,
         file: Annotated[UploadFile, File(description=f"query photo ({', '.join(ACCEPTED_TYPES)})")],
         top_k: Annotated[int, Form(ge=1, le=cfg.max_top_k)] = cfg.default_top_k,
         pipeline: Annotated[Pipeline, Form(description=PIPELINE_HELP)] = "c2f",
         query_expansion: Annotated[bool, Form()] = False,
     ) -> SearchResponse:
         started = time.perf_counter()
-        data = await file.read()
-        try:
-            image = await run_in_threadpool(decode_upload, data, file.content_type, cfg.max_pixels)
-        except UploadError as exc:
-            raise HTTPException(exc.status_code, str(exc)) from None
-        decoded = time.perf_counter()
         options = SearchOptions(top_k=top_k, pipeline=pipeline, query_expansion=query_expansion)
         try:
-            result, queued_ms = await batcher.search(image, options)
+            async with slots.slot():
+                image = await run_in_threadpool(decode_upload, await file.read(), file.content_type, cfg.max_pixels,
+                                                cfg.max_decoded_bytes, cfg.query_side)
+            decoded = time.perf_counter()
+            result, queued_ms = await batcher.search(image, options, gone=request.is_disconnected)
+        except UploadError as exc:
+            raise HTTPException(exc.status_code, str(exc)) from None
         except QueueFull as exc:
             raise HTTPException(503, str(exc)) from None
         except ValueError as exc:  # the engine refusing the options (its own checks, beyond the form's)
@@ -210,7 +226,8 @@ def create_app(engine: SearchEngine, cfg: ServeConfig | None = None) -> FastAPI:
     def stats() -> dict[str, Any]:
         return {**engine.stats(), "queries": latency.summary(),
                 "limits": {"max_upload_bytes": cfg.max_upload_bytes, "max_pixels": cfg.max_pixels,
-                           "max_top_k": cfg.max_top_k},
+                           "max_decoded_bytes": cfg.max_decoded_bytes, "max_top_k": cfg.max_top_k,
+                           "decoding_at_once": slots.limit, "upload_timeout_s": cfg.upload_timeout_s},
                 "batching": {"max_batch": batcher.max_batch, "batches": batcher.batches,
                              "batched_queries": batcher.batched_queries}}
 

@@ -1,9 +1,12 @@
-"""One worker that owns the engine: queries queue up and run one at a time, or in micro-batches on a GPU."""
+"""One worker that owns the engine: queries queue up and run in micro-batches, each batch one engine call (one
+forward pass of the models for all its images)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -13,6 +16,37 @@ from fgia.serve.protocol import SearchEngine, SearchResultLike
 
 class QueueFull(RuntimeError):
     """More queries are waiting than the service accepts."""
+
+
+class DecodeSlots:
+    """At most `limit` uploads are decoded or searched at once, so the memory decoded images take is bounded
+    whatever the number of clients; up to `max_waiting` more wait for a slot (holding only their upload
+    bytes), the rest get QueueFull."""
+
+    def __init__(self, limit: int, max_waiting: int) -> None:
+        self.limit = limit
+        self.max_waiting = max_waiting
+        self.waiting = 0
+        self._semaphore: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the block (wait for it, or raise QueueFull when too many wait already)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a semaphore belongs to one event loop (test clients start their own)
+            self._semaphore, self._loop = asyncio.Semaphore(self.limit), loop
+        if self.waiting >= self.max_waiting:
+            raise QueueFull(f"more than {self.max_waiting} queries waiting; try again shortly")
+        self.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._semaphore.release()
 
 
 @dataclass(frozen=True)
@@ -33,9 +67,9 @@ class _Job:
 class SearchBatcher:
     """Serialises engine calls on a single worker task, grouping up to `max_batch` queries with equal options.
 
-    The engine runs in a worker thread so the event loop keeps serving pages and images. With `max_batch=1` this
-    is a plain serial queue (CPU: the engine already uses every core); on a GPU, concurrent queries that arrive
-    within `max_wait_ms` of the first share one forward pass.
+    The engine runs in a worker thread so the event loop keeps serving pages and images. Concurrent queries that
+    arrive within `max_wait_ms` of the first share one `engine.search` call, so one forward pass; with
+    `max_batch=1` this is a plain serial queue. A query whose client went away is dropped before it is computed.
     """
 
     def __init__(self, engine: SearchEngine, max_batch: int = 1, max_wait_ms: float = 0.0, max_queue: int = 256):
@@ -63,15 +97,33 @@ class SearchBatcher:
             if not job.future.done():
                 job.future.set_exception(RuntimeError("the search service is shutting down"))
 
-    async def search(self, image: Image.Image, options: SearchOptions) -> tuple[SearchResultLike, float]:
-        """Queue one query; returns its result and the milliseconds it waited before its batch started."""
+    async def search(self, image: Image.Image, options: SearchOptions,
+                     gone: Callable[[], Awaitable[bool]] | None = None) -> tuple[SearchResultLike, float]:
+        """Queue one query; returns its result and the milliseconds it waited before its batch started.
+
+        `gone()` tells whether the client went away (e.g. Starlette's `request.is_disconnected`): it is polled
+        while the query waits, and a query whose client is gone is cancelled, so its batch skips it."""
         self.start()
         job = _Job(image, options, asyncio.get_running_loop().create_future())
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             raise QueueFull(f"more than {self._queue.maxsize} queries waiting; try again shortly") from None
-        return await job.future
+        if gone is None:
+            return await job.future
+        watcher = asyncio.get_running_loop().create_task(self._watch(job, gone))
+        try:
+            return await job.future
+        finally:
+            watcher.cancel()
+
+    @staticmethod
+    async def _watch(job: _Job, gone: Callable[[], Awaitable[bool]], every_s: float = 0.05) -> None:
+        while not job.future.done():
+            if await gone():
+                job.future.cancel()
+                return
+            await asyncio.sleep(every_s)
 
     async def _collect(self) -> list[_Job]:
         jobs = [await self._queue.get()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
@@ -19,6 +20,23 @@ import uvicorn
 from fgia.runtime import pick_device
 from fgia.serve.app import create_app
 from fgia.serve.config import ServeConfig
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+LARGE_BUFFER_BYTES = 4 * 2**20
+
+
+def release_large_buffers(threshold: int = LARGE_BUFFER_BYTES) -> bool:
+    """Have glibc map buffers of `threshold` bytes or more separately, so each goes back to the OS when freed.
+
+    By default glibc raises that threshold after the first large free, and the memory of every decoded upload
+    then stays with the process (per worker thread); fixing it keeps the server's memory near what is in use.
+    Returns False where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
 
 
 def run(
@@ -28,22 +46,23 @@ def run(
     device: str = "auto",
     config: ServeConfig | None = None,
     log_level: str = "info",
+    verify: bool = False,
 ) -> None:
     """Load the engine from `index_dir` and serve the API and web page on http://host:port until interrupted.
 
-    With `config.batching="auto"`, concurrent queries are micro-batched when the engine runs on CUDA.
+    A damaged index is refused before serving (sizes and counts always, checksums too with `verify`).
     """
     index_dir = Path(index_dir)
     if not index_dir.is_dir():
         raise FileNotFoundError(f"index directory not found: {index_dir}")
-    from fgia.retrieval.engine import RetrievalEngine  # models, timm, faiss: loaded only once the path is known good
+    from fgia.retrieval.engine import (
+        RetrievalEngine,  # models, timm, faiss: loaded only once the path is known good
+    )
 
+    release_large_buffers()
     resolved = pick_device(device)
-    engine = RetrievalEngine.load(index_dir, device=str(resolved))
-    cfg = config or ServeConfig()
-    if cfg.batching == "auto":
-        cfg = replace(cfg, batching="on" if resolved.type == "cuda" else "off")
-    uvicorn.run(create_app(engine, cfg), host=host, port=port, log_level=log_level)
+    engine = RetrievalEngine.load(index_dir, device=str(resolved), verify=verify)
+    uvicorn.run(create_app(engine, config or ServeConfig()), host=host, port=port, log_level=log_level)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -53,16 +72,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class ServedIndex:
+    """A `python -m fgia.serve` child process: its base URL and process id."""
+
+    url: str
+    pid: int
+
+
 @contextmanager
 def serve_subprocess(
     index_dir: str | os.PathLike,
     host: str = "127.0.0.1",
     port: int | None = None,
     device: str = "auto",
-    batching: str = "auto",
+    batching: str = "on",
     startup_timeout_s: float = 120.0,
-) -> Iterator[str]:
-    """Run `python -m fgia.serve` in a child process; yield its base URL once /health answers; stop it on exit."""
+) -> Iterator[ServedIndex]:
+    """Run `python -m fgia.serve` in a child process; yield it once /health answers; stop it on exit."""
     port = port or free_port(host)
     url = f"http://{host}:{port}"
     cmd = [sys.executable, "-m", "fgia.serve", str(index_dir), "--host", host, "--port", str(port),
@@ -80,7 +107,7 @@ def serve_subprocess(
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"fgia serve did not answer {url}/health within {startup_timeout_s} s") from None
                 time.sleep(0.2)
-        yield url
+        yield ServedIndex(url, proc.pid)
     finally:
         proc.terminate()
         try:

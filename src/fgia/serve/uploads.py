@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import io
+import re
 import tempfile
 import warnings
 
 from PIL import Image
 
-from fgia.data.images import ImageLoadError, load_image
+from fgia.data.images import (
+    ORIGINAL_SIZE_KEY,
+    ImageLoadError,
+    ImageTooLargeError,
+    load_image,
+)
 
 # Declared content type -> the Pillow format the bytes must decode as.
 ACCEPTED_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
@@ -19,6 +25,11 @@ def _has_image_signature(data: bytes) -> bool:
     return data.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
+def _reason(exc: object) -> str:
+    """An exception's message without object reprs such as `<_io.BytesIO object at 0x7f...>`."""
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)).strip() or type(exc).__name__
+
+
 class UploadError(ValueError):
     """A rejected upload; `status_code` is the HTTP answer (400, 413 or 415)."""
 
@@ -27,11 +38,15 @@ class UploadError(ValueError):
         self.status_code = status_code
 
 
-def decode_upload(data: bytes, content_type: str | None, max_pixels: int) -> Image.Image:
+def decode_upload(data: bytes, content_type: str | None, max_pixels: int, max_decoded_bytes: int,
+                  max_side: int | None = None) -> Image.Image:
     """Decode an uploaded JPEG/PNG/WebP into an upright RGB image, or raise `UploadError` saying why not.
 
-    Type and pixel count are checked from the header; the decode itself is `fgia.data.images.load_image`, so
-    queries get exactly the colour/alpha/16-bit handling the database images got when they were indexed.
+    Type and pixel count are checked from the header, the decoded bytes (width x height x bytes per pixel)
+    before decoding; the decode itself is `fgia.data.images.load_image`, so queries get exactly the
+    colour/alpha/16-bit handling (and the size reduction) the database images got when they were indexed. With
+    `max_side`, the result is reduced to at most that longest side (it keeps its original size in its info, so
+    region boxes still come out in the upload's pixels).
     """
     declared = (content_type or "").split(";")[0].strip().lower()
     if declared not in ACCEPTED_TYPES:
@@ -44,11 +59,11 @@ def decode_upload(data: bytes, content_type: str | None, max_pixels: int) -> Ima
         try:
             image = Image.open(io.BytesIO(data), formats=list(ACCEPTED_TYPES.values()))
         except Image.DecompressionBombError as exc:
-            raise UploadError(413, f"image has too many pixels (limit {max_pixels:,}): {exc}") from None
+            raise UploadError(413, f"image has too many pixels (limit {max_pixels:,}): {_reason(exc)}") from None
         except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
             if not _has_image_signature(data):
                 raise UploadError(415, "the file is not a JPEG, PNG or WebP image (checked by content)") from None
-            raise UploadError(400, f"corrupt or truncated image header: {exc}") from None
+            raise UploadError(400, f"corrupt or truncated image header: {_reason(exc)}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise UploadError(413, f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}")
@@ -56,6 +71,13 @@ def decode_upload(data: bytes, content_type: str | None, max_pixels: int) -> Ima
         tmp.write(data)
         tmp.flush()
         try:
-            return load_image(tmp.name, max_decode_pixels=max_pixels)
+            decoded = load_image(tmp.name, max_decode_bytes=max_decoded_bytes)
+        except ImageTooLargeError as exc:
+            raise UploadError(413, f"image {exc.reason.replace('decompression-bomb limit', 'limit')}") from None
         except ImageLoadError as exc:
-            raise UploadError(400, f"corrupt or truncated {image.format} image: {exc.reason}") from None
+            raise UploadError(400, f"corrupt or truncated {image.format} image: {_reason(exc.reason)}") from None
+    if max_side is not None and max(decoded.size) > max_side:
+        original = decoded.info.get(ORIGINAL_SIZE_KEY, decoded.size)
+        decoded.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        decoded.info[ORIGINAL_SIZE_KEY] = original
+    return decoded

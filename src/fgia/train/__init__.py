@@ -1,6 +1,11 @@
 """One trainer for every fgia model (AMP, channels_last, cosine + warm-up, resume, DDP via torchrun)."""
 
-from fgia.train.categories import UNIFIED, categories_of, fit_category_model, fit_per_category
+from fgia.train.categories import (
+    UNIFIED,
+    categories_of,
+    fit_category_model,
+    fit_per_category,
+)
 from fgia.train.config import TrainConfig
 from fgia.train.losses import LossFn, build_loss, list_losses, register_loss
 from fgia.train.trainer import TrainResult, evaluate, fit, predict_logits

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from rich.progress import track
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
@@ -35,6 +34,7 @@ from torchvision.transforms import v2
 from fgia.data.samples import Sample
 from fgia.data.torch_dataset import make_loader
 from fgia.models.frozen import module_digest
+from fgia.progress import track_batches
 from fgia.runtime import atomic_path, atomic_write_text
 
 VIEWS = ("resize", "hflip", "crop", "crop-hflip")
@@ -63,22 +63,31 @@ class TrunkCache:
         return self.tried.issuperset(str(s.path) for s in samples)
 
     @torch.inference_mode()
-    def embeddings(self, model: nn.Module, samples: Sequence[Sample], view: int = 0, batch_size: int = 256,
-                   device: torch.device | str = "cpu") -> np.ndarray:
-        """`model.forward_top` embeddings of `samples` (all cached) from their cached `view`, in eval mode."""
+    def apply(self, fn: Callable[[Tensor], Tensor], samples: Sequence[Sample], view: int = 0, batch_size: int = 256,
+              device: torch.device | str = "cpu") -> np.ndarray | None:
+        """`fn` (cached maps -> a tensor per image) over `samples` (all cached) from their cached `view`, batch by
+        batch, as one float32 array (None when `samples` is empty)."""
         missing = [s.path for s in samples if str(s.path) not in self.rows]
         if missing:
             raise KeyError(f"{len(missing)} image(s) are not in the trunk cache, e.g. {missing[0]}")
         rows = [self.rows[str(s.path)] for s in samples]
-        was_training = model.training
-        model.eval()
         parts = []
         for start in range(0, len(rows), batch_size):
             maps = np.asarray(self.maps[rows[start : start + batch_size], view], dtype=np.float32)
             x = torch.from_numpy(maps).to(device).contiguous(memory_format=torch.channels_last)
-            parts.append(model.forward_top(x).embedding.float().cpu().numpy())
-        model.train(was_training)
-        return np.concatenate(parts) if parts else np.zeros((0, getattr(model, "embedding_dim", 0)), np.float32)
+            parts.append(fn(x).float().cpu().numpy())
+        return np.concatenate(parts) if parts else None
+
+    def embeddings(self, model: nn.Module, samples: Sequence[Sample], view: int = 0, batch_size: int = 256,
+                   device: torch.device | str = "cpu") -> np.ndarray:
+        """`model.forward_top` embeddings of `samples` (all cached) from their cached `view`, in eval mode."""
+        was_training = model.training
+        model.eval()
+        try:
+            out = self.apply(lambda x: model.forward_top(x).embedding, samples, view, batch_size, device)
+        finally:
+            model.train(was_training)
+        return out if out is not None else np.zeros((0, getattr(model, "embedding_dim", 0)), np.float32)
 
     def dataset(self, samples: Sequence[Sample]) -> CachedViews:
         """A training dataset over the readable ones of `samples`: (a random view's maps, label, sample index)."""
@@ -124,7 +133,7 @@ def trunk_cache(
         raise ValueError(f"cache views must be a non-empty list from {VIEWS}, got {list(views)}")
     if not samples:
         raise ValueError("no samples to cache")
-    key = _key(lower, image_size, mean, std, views)
+    key = cache_key(lower, image_size, mean, std, views)
     for cached in [_MEMO.get(key), _load(cache_dir, key)]:
         if cached is not None and cached.covers(samples):
             _remember(cached)
@@ -142,8 +151,9 @@ def _remember(cache: TrunkCache) -> None:
         _MEMO.popitem(last=False)
 
 
-def _key(lower: nn.Module, image_size: int, mean: Sequence[float], std: Sequence[float],
-         views: Sequence[str]) -> str:
+def cache_key(lower: nn.Module, image_size: int, mean: Sequence[float], std: Sequence[float],
+              views: Sequence[str]) -> str:
+    """The key of `lower`'s cache at these settings: equal keys, interchangeable caches (`TrunkCache.key`)."""
     settings = json.dumps([module_digest(lower), image_size, list(mean), list(std), list(views)])
     return hashlib.sha256(settings.encode()).hexdigest()[:20]
 
@@ -194,7 +204,7 @@ def _build(lower: nn.Module, samples: Sequence[Sample], key: str, views: tuple[s
         if tmp is not None:
             maps = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
         row = 0
-        batches = track(loader, description="caching the frozen trunk") if progress else loader
+        batches = track_batches(loader, "caching the frozen trunk", enabled=progress)
         for images, _, indices in batches:
             x = v2.functional.normalize(v2.functional.to_dtype(images.to(device), torch.float32, scale=True),
                                         list(mean), list(std))

@@ -66,6 +66,11 @@ def fit_per_category(cfg: TrainConfig, aux: FineGrainedDataset, out_dir: str | o
     `category_epochs`, each in `out_dir/<name>/`. Returns {"unified": ..., category: ...}; `val`, when given, is
     split the same way."""
     categories = categories_of(aux)
+    small = {c: n for c in categories if (n := sum(s.category == c for s in aux.samples)) < cfg.batch_size}
+    if small:  # checked before training anything: the unified model would otherwise train first, in vain
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the images of meta-categor"
+                         f"{'ies' if len(small) > 1 else 'y'} {', '.join(f'{c} ({n})' for c, n in small.items())} "
+                         f"of {aux.name!r}; lower batch_size to at most {min(small.values())}")
     out = Path(out_dir)
     results = {UNIFIED: fit(replace(cfg, out_dir=out / UNIFIED), aux, val, progress)}
     unified = results[UNIFIED].model

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fgia.models.output import ModelOutput
+from fgia.registry import Registry
 
 if TYPE_CHECKING:
     from fgia.train.config import TrainConfig
@@ -23,40 +24,31 @@ if TYPE_CHECKING:
 LossFn = Callable[[ModelOutput, Tensor], Tensor]
 LossFactory = Callable[..., LossFn]  # (cfg: TrainConfig, model: nn.Module, **cfg.loss_kwargs)
 
-_LOSSES: dict[str, LossFactory] = {}
+LOSSES: Registry[LossFactory] = Registry("loss")
 # Modules registering more losses, imported on first need: they carry optional dependencies.
 _PLUGINS = ("fgia.train.hashing", "fgia.train.metric_learning")
 
 
 def register_loss(name: str) -> Callable[[LossFactory], LossFactory]:
     """Register `factory(cfg, model, **cfg.loss_kwargs) -> loss_fn(output, labels)` under `name`."""
-
-    def wrap(factory: LossFactory) -> LossFactory:
-        if name in _LOSSES:
-            raise ValueError(f"loss {name!r} is already registered")
-        _LOSSES[name] = factory
-        return factory
-
-    return wrap
+    return LOSSES.register(name)
 
 
 def build_loss(cfg: TrainConfig, model: nn.Module) -> LossFn:
     """The loss named by `cfg.loss`, built for `model`."""
-    if cfg.loss not in _LOSSES:
+    if cfg.loss not in LOSSES:
         for module in _PLUGINS:
             try:
                 importlib.import_module(module)
             except ImportError as err:
                 raise KeyError(f"loss {cfg.loss!r} is not registered and {module} cannot be imported ({err}); "
                                "pip install 'fgia[metric]' for the metric-learning losses") from err
-    if cfg.loss not in _LOSSES:
-        raise KeyError(f"unknown loss {cfg.loss!r}; registered: {', '.join(list_losses())}")
-    return _LOSSES[cfg.loss](cfg, model, **cfg.loss_kwargs)
+    return LOSSES.get(cfg.loss)(cfg, model, **cfg.loss_kwargs)
 
 
 def list_losses() -> list[str]:
     """Registered loss names, sorted."""
-    return sorted(_LOSSES)
+    return LOSSES.names()
 
 
 class HeadsCrossEntropy(nn.Module):

@@ -5,6 +5,7 @@ Registered losses (set `TrainConfig.loss`, options in `TrainConfig.loss_kwargs`)
   "multi_similarity"  MultiSimilarityLoss (alpha, beta, base) with MultiSimilarityMiner (epsilon)
   "triplet"           TripletMarginLoss (margin) with a TripletMarginMiner (type_of_triplets, default semihard)
   "arcface"           ArcFaceLoss (margin in degrees, scale)
+  "normalized_softmax" NormalizedSoftmaxLoss (temperature): softmax over cosines to one learned weight per class
 Every one also takes `ce_weight` (default 0): add that much cross-entropy on the model's logits.
 Proxy and ArcFace weights are parameters of the loss module, so the trainer optimises and checkpoints them.
 Train with P x K batches (`TrainConfig.pk_images`, `fgia.train.distributed.PKSampler`).
@@ -88,6 +89,15 @@ def arcface(cfg: TrainConfig, model: nn.Module, margin: float = 28.6, scale: flo
     dim, classes = model_dims(model, cfg.image_size)
     n = _num_classes(classes, num_classes, "arcface")
     return _metric_loss(cfg, losses.ArcFaceLoss(n, dim, margin=margin, scale=scale), None, ce_weight)
+
+
+@register_loss("normalized_softmax")
+def normalized_softmax(cfg: TrainConfig, model: nn.Module, temperature: float = 0.05, num_classes: int | None = None,
+                       ce_weight: float = 0.0) -> LossFn:
+    """Normalised softmax (Zhai & Wu 2019): cross-entropy over cosines to class weights, divided by `temperature`."""
+    dim, classes = model_dims(model, cfg.image_size)
+    n = _num_classes(classes, num_classes, "normalized_softmax")
+    return _metric_loss(cfg, losses.NormalizedSoftmaxLoss(n, dim, temperature=temperature), None, ce_weight)
 
 
 @register_loss("multi_similarity")

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from timm.optim import create_optimizer_v2
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
@@ -25,13 +24,22 @@ from torch.utils.data import DataLoader, Sampler
 from fgia.config import save_yaml, to_dict
 from fgia.data import build_transform, make_loader
 from fgia.data.samples import FineGrainedDataset
-from fgia.eval.metrics import mean_per_class_accuracy, topk_accuracy
+from fgia.metrics import mean_per_class_accuracy, topk_accuracy
 from fgia.models import create_model, save_model
+from fgia.models.frozen import FrozenLowerTrunk
 from fgia.models.output import ModelOutput
+from fgia.progress import BatchProgress
 from fgia.runtime import atomic_path, atomic_write_text, pick_device, seed_everything
 from fgia.train.cache import trunk_cache
 from fgia.train.config import TrainConfig
-from fgia.train.distributed import DistContext, all_reduce_sum, barrier, gather_objects, init_distributed, make_sampler
+from fgia.train.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    gather_objects,
+    init_distributed,
+    make_sampler,
+)
 from fgia.train.losses import LossFn, build_loss
 
 STATE_FILE = "trainer_state.pt"
@@ -167,7 +175,7 @@ class _Trainer:
             cfg.model, num_classes=len(train.classes), **cfg.model_kwargs)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.mean, self.std = normalisation(self.model, cfg.mean, cfg.std)
-        cached = cfg.cache_trunk and getattr(self.model, "frozen_stages", 0) > 0
+        cached = cfg.cache_trunk and isinstance(self.model, FrozenLowerTrunk) and self.model.frozen_stages > 0
         self.step = TrainStep(self.model, loss_fn or build_loss(cfg, self.model), cached=cached)
         self.step.to(self.ctx.device, memory_format=self.memory_format)
         if cached:
@@ -260,7 +268,7 @@ class _Trainer:
         self.console.print(f"resumed from {path} after epoch {self.start_epoch}")
 
     # ------------------------------------------------------------------------------------------ training
-    def train_epoch(self, epoch: int, bar: Progress) -> dict[str, float]:
+    def train_epoch(self, epoch: int, bar: BatchProgress) -> dict[str, float]:
         """One pass over the loader; loss and accuracy are averaged over every rank's images."""
         self.step.train()
         if self.cfg.freeze_backbone_bn:
@@ -290,7 +298,7 @@ class _Trainer:
             if logits is not None:
                 correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
-            bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
+            bar.update(task, images=len(labels), loss=loss_sum / seen, acc=correct / seen)
         bar.remove_task(task)
         loss_sum, correct, seen = all_reduce_sum(self.ctx, [loss_sum, correct, seen])
         return {"loss": loss_sum / seen, "train_top1": correct / seen, "lr": max(self.scheduler.get_last_lr()),
@@ -307,9 +315,7 @@ class _Trainer:
         cfg = self.cfg
         if cfg.resume:
             self.restore()
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"), TimeRemainingColumn())
-        with Progress(*columns, console=self.console, disable=not self.show, transient=True) as bar:
+        with BatchProgress(self.console, enabled=self.show, numbers=("loss", "acc")) as bar:
             for epoch in range(self.start_epoch, cfg.epochs):
                 record: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch, bar)}
                 last = epoch + 1 == cfg.epochs

@@ -22,6 +22,7 @@ from fgia.data.readers import (  # noqa: F401
     manifest,
     stanford_cars,
     stanford_dogs,
+    unlabelled,
 )
 from fgia.data.readers.base import READERS, DatasetError, detection_order, unwrap
 from fgia.data.readers.manifest import write_manifest
@@ -54,7 +55,33 @@ def detect_format(root: str | os.PathLike) -> tuple[str, Path]:
             raise DatasetError(f"cannot read {path}: {e}") from None
         if found is not None:
             return reader.name, found
-    raise DatasetError(f"unknown dataset layout in {path} (supported: {', '.join(READERS)})")
+    raise DatasetError(f"unknown dataset layout in {path}: {_found(path)}. {ACCEPTED}")
+
+
+ACCEPTED = ("A folder tree of images (jpg/jpeg/png/webp) is a database (unlabelled; `fgia index`); to train, put "
+            "images in <class>/ folders or give a manifest CSV (path,label[,split,...,category]); or use a shipped "
+            "layout (`fgia datasets list`)")
+"""What each accepted layout needs, for errors about layouts."""
+
+
+def _found(path: Path, limit: int = 10000) -> str:
+    """What a file or folder holds, in a few words ("a .txt file"; "12 files (.txt 10, .json 2), 3 folders, no
+    images"), looking at the first `limit` entries of a folder tree."""
+    if path.is_file():
+        return f"a {path.suffix or 'suffix-less'} file that is not a manifest CSV with a path,label header"
+    suffixes: dict[str, int] = {}
+    folders = 0
+    for n, entry in enumerate(path.rglob("*")):
+        if n >= limit:
+            break
+        if entry.is_dir():
+            folders += 1
+        else:
+            suffix = entry.suffix.lower() or "no suffix"
+            suffixes[suffix] = suffixes.get(suffix, 0) + 1
+    kinds = ", ".join(f"{s} {k}" for s, k in sorted(suffixes.items(), key=lambda kv: -kv[1])[:5])
+    files = sum(suffixes.values())
+    return f"{files} file(s){f' ({kinds})' if kinds else ''}, {folders} folder(s), no jpg/jpeg/png/webp images"
 
 
 def read_dataset(
@@ -72,8 +99,8 @@ def read_dataset(
             raise DatasetError(f"unknown dataset format {fmt!r} (supported: {', '.join(READERS)})")
         path = _check_root(root)
         # a layout that is not detected is still read, so the error names the missing annotation file
-        found = READERS[fmt].detect(path) or unwrap(path)
-    read = READERS[fmt].read
+        found = READERS.get(fmt).detect(path) or unwrap(path)
+    read = READERS.get(fmt).read
     try:
         inspect.signature(read).bind(found, **options)
     except TypeError as e:

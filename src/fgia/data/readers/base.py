@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fgia.data.samples import BBox, FineGrainedDataset
+from fgia.registry import Registry
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 
@@ -32,7 +33,7 @@ class Reader:
     fallback: bool = False
 
 
-READERS: dict[str, Reader] = {}
+READERS: Registry[Reader] = Registry("dataset format")
 
 
 def detection_order() -> list[Reader]:
@@ -44,9 +45,7 @@ def register_reader(name: str, description: str, detect: Callable[[Path], Path |
     """Register `read(folder, **options) -> FineGrainedDataset` under `name`."""
 
     def wrap(read: Callable[..., FineGrainedDataset]) -> Callable[..., FineGrainedDataset]:
-        if name in READERS:
-            raise ValueError(f"dataset reader {name!r} is already registered")
-        READERS[name] = Reader(name, description, detect, read, fallback)
+        READERS.add(name, Reader(name, description, detect, read, fallback))
         return read
 
     return wrap

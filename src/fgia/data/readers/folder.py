@@ -5,7 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fgia.data.readers.base import IMAGE_EXTENSIONS, DatasetError, cat_to_name, natural_key, register_reader
+from fgia.data.readers.base import (
+    IMAGE_EXTENSIONS,
+    DatasetError,
+    cat_to_name,
+    natural_key,
+    register_reader,
+)
 from fgia.data.samples import FineGrainedDataset, Sample
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,8 @@ def _detect(root: Path) -> Path | None:
     if not root.is_dir():
         return None
     d, children = _class_root(root)
+    if _has_direct_images(d):
+        return None  # loose images beside the subfolders: a photo collection, not one folder per class
     if children and all(c.name.lower() in SPLIT_NAMES for c in children):
         children = [g for c in children for g in _subdirs(c)]
     return root if any(_has_direct_images(c) for c in children[:50]) else None

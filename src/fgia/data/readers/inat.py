@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fgia.data.readers.base import DatasetError, candidate_dirs, load_json, register_reader
+from fgia.data.readers.base import (
+    DatasetError,
+    candidate_dirs,
+    load_json,
+    register_reader,
+)
 from fgia.data.samples import FineGrainedDataset, Sample
 
 TAXONOMY = ("supercategory", "kingdom", "phylum", "class", "order", "family", "genus")

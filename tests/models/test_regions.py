@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fgia.features.regions import normalize_map, region_box, region_boxes, scale_boxes
+from fgia.models.regions import normalize_map, region_box, region_boxes, scale_boxes
 
 
 def _map(h=10, w=10):

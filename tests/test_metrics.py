@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, balanced_accuracy_score, top_k_accuracy_score
+from sklearn.metrics import (
+    average_precision_score,
+    balanced_accuracy_score,
+    top_k_accuracy_score,
+)
 
-from fgia.eval import (
+from fgia.index.torch_flat import query_batches
+from fgia.metrics import (
     average_precision,
+    evaluate_hamming,
     evaluate_rankings,
     evaluate_retrieval,
     mean_average_precision,
@@ -15,7 +21,6 @@ from fgia.eval import (
     ranking_metrics,
     topk_accuracy,
 )
-from fgia.index.torch_flat import query_batches
 
 
 def test_average_precision_hand_computed():
@@ -86,7 +91,7 @@ def test_evaluate_rankings_hand_computed_with_leave_one_out_and_distractors():
 def test_evaluate_retrieval_hand_computed():
     db = np.array([[0.0], [1.0], [2.0], [3.0], [10.0]])
     db_labels = np.array([0, 1, 0, -1, 1])
-    m = evaluate_retrieval(np.array([[0.1]]), np.array([0]), db, db_labels, ks=(1, 2), device="cpu")
+    m = evaluate_retrieval(np.array([[0.1]]), np.array([0]), db, db_labels, ks=(1, 2))
     assert m["mAP"] == pytest.approx((1 + 2 / 3) / 2)
     assert m["P@2"] == pytest.approx(0.5)
 
@@ -102,8 +107,8 @@ def test_evaluate_retrieval_batched_equals_unbatched_and_sklearn():
     db, db_labels = _clustered(rng, 300, 8, 6)
     db_labels[:40] = -1  # distractors
     q, q_labels = _clustered(rng, 25, 8, 6)
-    one = evaluate_retrieval(q, q_labels, db, db_labels, batch_size=1, device="cpu")
-    full = evaluate_retrieval(q, q_labels, db, db_labels, batch_size=1000, device="cpu")
+    one = evaluate_retrieval(q, q_labels, db, db_labels, batch_size=1)
+    full = evaluate_retrieval(q, q_labels, db, db_labels, batch_size=1000)
     assert one == pytest.approx(full)
     dists = ((q[:, None, :] - db[None]) ** 2).sum(-1)
     expected = np.mean([average_precision_score(db_labels == lab, -d) for lab, d in zip(q_labels, dists)])
@@ -115,12 +120,12 @@ def test_evaluate_retrieval_batched_equals_unbatched_and_sklearn():
 def test_evaluate_retrieval_leave_one_out_matches_rankings():
     rng = np.random.default_rng(2)
     x, labels = _clustered(rng, 60, 4, 5)
-    loo = evaluate_retrieval(x, labels, x, labels, ks=(1, 4), exclude_ids=np.arange(60), batch_size=7, device="cpu")
+    loo = evaluate_retrieval(x, labels, x, labels, ks=(1, 4), exclude_ids=np.arange(60), batch_size=7)
     dists = ((x[:, None] - x[None]) ** 2).sum(-1)
     ranked = np.argsort(dists, axis=1, kind="stable")
     assert evaluate_rankings(ranked, labels, labels, ks=(1, 4), exclude_ids=np.arange(60)) == pytest.approx(loo)
     # Without the exclusion every query finds itself first.
-    assert evaluate_retrieval(x, labels, x, labels, ks=(1,), device="cpu")["R@1"] == 1.0
+    assert evaluate_retrieval(x, labels, x, labels, ks=(1,))["R@1"] == 1.0
     assert loo["R@1"] < 1.0
 
 
@@ -156,16 +161,14 @@ def test_mean_per_class_accuracy():
 
 
 def test_hamming_ranking_map_by_hand():
-    from fgia.eval.metrics import evaluate_hamming
-
     db = np.array([[1, 1, 1, 1], [1, 1, 1, -1], [-1, -1, 1, 1], [1, 1, -1, -1]], dtype=np.float32)
     db_labels = np.array([0, 1, 0, 1])
     queries = np.array([[1, 1, 1, 1], [-1, -1, -1, -1]], dtype=np.float32)
     # query 0: Hamming 0, 1, 2, 2 -> d0, d1, d2, d3 (tie by id); relevant d0 @1, d2 @3: AP = (1 + 2/3) / 2
     # query 1: Hamming 4, 3, 2, 2 -> d2, d3, d1, d0; relevant d3 @2, d1 @3: AP = (1/2 + 2/3) / 2
-    scores = evaluate_hamming(queries, [0, 1], db, db_labels, ks=(1,), device="cpu")
+    scores = evaluate_hamming(queries, [0, 1], db, db_labels, ks=(1,))
     assert scores["mAP"] == pytest.approx(((1 + 2 / 3) / 2 + (1 / 2 + 2 / 3) / 2) / 2)
     assert scores["R@1"] == pytest.approx(0.5)
     # {0, 1} bits and real-valued relaxed codes rank the same as their signs
-    again = evaluate_hamming((queries > 0).astype(np.uint8), [0, 1], db * 0.3, db_labels, ks=(1,), device="cpu")
+    again = evaluate_hamming((queries > 0).astype(np.uint8), [0, 1], db * 0.3, db_labels, ks=(1,))
     assert again["mAP"] == pytest.approx(scores["mAP"])

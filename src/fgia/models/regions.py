@@ -1,4 +1,5 @@
-"""The discriminative region of an image from its class-confidence map (the paper's recipe).
+"""The discriminative region of an image from its class-confidence map (the paper's recipe), shared by the
+models that crop it (attention crop) and by feature extraction.
 
 Resize the map to the input size (`upsample_to`), divide it by its maximum, threshold it (t = 0.5), label
 connected components (8-connectivity), drop components smaller than `min_area` (a fraction of the map), keep the

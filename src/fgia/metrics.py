@@ -1,4 +1,5 @@
-"""Retrieval and classification metrics: pure functions over NumPy arrays.
+"""Retrieval and classification metrics: pure functions over NumPy arrays, used by every stage (training,
+recipe selection, evaluation), so they live beside `fgia.runtime` rather than in one stage's package.
 
 Retrieval conventions (shared by every function here):
 
@@ -16,16 +17,10 @@ Retrieval conventions (shared by every function here):
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-import torch
-
-from fgia.features.binary import binarize
-from fgia.index.torch_flat import pairwise_sq_l2, query_batches
-from fgia.runtime import pick_device
 
 EmptyQueries = Literal["exclude", "zero"]
 
@@ -35,8 +30,7 @@ _EVAL_MAX_BLOCK = 2**23
 
 
 def _as_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
+    """Any array-like (a CPU torch tensor too: it exposes __array__) as a NumPy array."""
     return np.asarray(x)
 
 
@@ -201,7 +195,6 @@ def evaluate_rankings(
     return _aggregate(_per_query(rel, n_rel, _check_ks(ks)), n_rel, empty_queries)
 
 
-@torch.no_grad()
 def evaluate_retrieval(
     query_features: Any,
     query_labels: Any,
@@ -211,7 +204,6 @@ def evaluate_retrieval(
     batch_size: int = 256,
     exclude_ids: Any = None,
     empty_queries: EmptyQueries = "exclude",
-    device: str = "auto",
 ) -> dict[str, Any]:
     """Rank the whole database by Euclidean distance for every query and return `ranking_metrics`.
 
@@ -220,37 +212,35 @@ def evaluate_retrieval(
     the queries are the database: `exclude_ids=np.arange(n)`).
     """
     q = _as_numpy(query_features).astype(np.float32, copy=False)
-    db = _as_numpy(db_features)
+    db = np.ascontiguousarray(_as_numpy(db_features), dtype=np.float32)
     if q.ndim != 2 or db.ndim != 2 or q.shape[1] != db.shape[1]:
         raise ValueError(f"query features {q.shape} and database features {db.shape} must be 2-D with equal dims")
     if not (np.isfinite(q).all() and np.isfinite(db).all()):
         raise ValueError("features contain NaN or infinite values")
     if len(q) == 0:
         raise ValueError("no queries given")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     q_labels = _labels("query_labels", query_labels, len(q))
     d_labels = _labels("db_labels", db_labels, len(db))
     ks = _check_ks(ks)
     excl = _exclude_ids(exclude_ids, len(q), len(db))
     n_rel = _count_relevant(q_labels, d_labels, excl)
-    dev = pick_device(device)
-    with warnings.catch_warnings():  # a read-only memory-mapped database is fine: torch only reads it
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        db_t = torch.from_numpy(np.ascontiguousarray(db, dtype=np.float32)).to(dev)
-    db_norms = db_t.pow(2).sum(1)
-    labels_t = torch.from_numpy(d_labels).to(dev)
+    db_norms = np.einsum("ij,ij->i", db, db)
+    step = max(1, min(batch_size, _EVAL_MAX_BLOCK // max(len(db), 1)))
     parts: list[dict[str, np.ndarray]] = []
-    for sl in query_batches(len(q), len(db), batch_size, _EVAL_MAX_BLOCK):
-        dist = pairwise_sq_l2(torch.from_numpy(q[sl]).to(dev), db_t, db_norms)
+    for start in range(0, len(q), step):
+        sl = slice(start, min(start + step, len(q)))
+        # ||x||^2 - 2 q.x ranks like the squared distance (||q||^2 is the same along a row)
+        dist = db_norms[None, :] - 2.0 * (q[sl] @ db.T)
         if excl is not None:
-            rows = torch.arange(dist.shape[0], device=dev)
-            cols = torch.from_numpy(excl[sl]).to(dev)
-            keep = cols >= 0
-            dist[rows[keep], cols[keep]] = torch.inf
-        order = dist.argsort(dim=1, stable=True)
-        rel = labels_t[order] == torch.from_numpy(q_labels[sl]).to(dev)[:, None]
+            rows = np.flatnonzero(excl[sl] >= 0)
+            dist[rows, excl[sl][rows]] = np.inf
+        order = np.argsort(dist, axis=1, kind="stable")
+        rel = d_labels[order] == q_labels[sl][:, None]
         if excl is not None:
-            rel[rows[keep], -1] = False  # the excluded item sorts last (distance inf) and is never relevant
-        parts.append(_per_query(rel.cpu().numpy(), n_rel[sl], ks))
+            rel[rows, -1] = False  # the excluded item sorts last (distance inf) and is never relevant
+        parts.append(_per_query(rel, n_rel[sl], ks))
     per_query = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     return _aggregate(per_query, n_rel, empty_queries)
 
@@ -298,7 +288,6 @@ def evaluate_hamming(
     ks: Sequence[int] = (1, 2, 4, 8),
     exclude_ids: Any = None,
     empty_queries: EmptyQueries = "exclude",
-    device: str = "auto",
 ) -> dict[str, Any]:
     """Hamming ranking of the whole database for every query and its `ranking_metrics` (hashing mAP).
 
@@ -306,6 +295,6 @@ def evaluate_hamming(
     database id, as in `evaluate_retrieval`. Between +-1 codes the squared Euclidean distance is 4 x the Hamming
     distance, so this is `evaluate_retrieval` on the +-1 codes (exact: small integers in float32).
     """
-    q, db = binarize(_as_numpy(query_codes)), binarize(_as_numpy(db_codes))
+    q, db = (np.where(_as_numpy(codes) > 0, 1.0, -1.0).astype(np.float32) for codes in (query_codes, db_codes))
     return evaluate_retrieval(q, query_labels, db, db_labels, ks=ks, exclude_ids=exclude_ids,
-                              empty_queries=empty_queries, device=device)
+                              empty_queries=empty_queries)
