@@ -28,7 +28,7 @@ from PIL import Image
 
 from fgia.data.samples import Sample
 from fgia.features.extract import autocast_for, extract_features, prepare_model
-from fgia.models import create_model, create_trunk
+from fgia.models import create_model, create_trunk, model_spec
 from fgia.runtime import atomic_write_text, pick_device, seed_everything
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -79,10 +79,11 @@ def bare_rate(cfg: BenchConfig, device: torch.device) -> float:
 
 def pipeline_rate(cfg: BenchConfig, model: torch.nn.Module, samples: list[Sample], regions: bool) -> float:
     """Images/s of `extract_features` over `samples` (after a one-batch warm-up)."""
-    kwargs = dict(image_size=cfg.size, regions=regions, batch_size=cfg.batch, workers=cfg.workers, device=cfg.device)
-    extract_features(model, samples[: cfg.batch], **kwargs)
+    spec = model_spec(model, image_size=cfg.size, regions=regions)
+    kwargs = dict(batch_size=cfg.batch, workers=cfg.workers, device=cfg.device)
+    extract_features(model, samples[: cfg.batch], spec, **kwargs)
     start = time.perf_counter()
-    features = extract_features(model, samples, **kwargs)
+    features = extract_features(model, samples, spec, **kwargs)
     elapsed = time.perf_counter() - start
     if len(features) != len(samples):
         raise RuntimeError(f"only {len(features)} of {len(samples)} images were extracted")

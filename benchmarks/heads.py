@@ -35,6 +35,7 @@ from fgia.data.samples import FineGrainedDataset
 from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.features import extract_features
 from fgia.metrics import evaluate_retrieval
+from fgia.models import model_spec
 from fgia.train import TrainConfig, evaluate, fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -83,7 +84,7 @@ def _l2(x: np.ndarray) -> np.ndarray:
 def _features(model, ds: FineGrainedDataset, image_size: int) -> tuple[dict[str, np.ndarray], float]:
     """Per-head retrieval features of `ds` and the extraction time in ms/image."""
     start = time.perf_counter()
-    feats = extract_features(model, ds.samples, image_size=image_size, regions=False, workers=0)
+    feats = extract_features(model, ds.samples, model_spec(model, image_size=image_size, regions=False), workers=0)
     ms = 1000 * (time.perf_counter() - start) / len(feats)
     emb = feats.image
     if hasattr(model, "heads"):
@@ -101,7 +102,7 @@ def _measure(name: str, cfg: TrainConfig, train, test, unseen) -> dict:
            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
     if hasattr(model, "heads"):
         row.update(head_stages=model.config["head_stages"], shared_stages=len(model.trunk))
-    acc = evaluate(model, test, image_size=cfg.image_size, batch_size=64)
+    acc = evaluate(model, test, batch_size=64)
     row.update({k: v for k, v in acc.items() if k.startswith(("top1", "mean_per_class"))})
     for split_name, ds in (("seen", test), ("unseen", unseen)):
         feats, ms = _features(model, ds, cfg.image_size)

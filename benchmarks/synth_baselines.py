@@ -104,7 +104,7 @@ def main() -> None:
     start = time.perf_counter()
     model = fit(train_cfg, train, progress=False, on_epoch_end=lambda r: print(r, flush=True)).model
     train_seconds = time.perf_counter() - start
-    top1 = evaluate(model, test, image_size=synth.image_size)["top1"]
+    top1 = evaluate(model, test)["top1"]
 
     result = {
         "synth": to_dict(synth), "train_config": to_dict(train_cfg), "workers": workers,

@@ -531,7 +531,11 @@ def generate_train(
 
     from fgia.config import from_dict
     from fgia.data import read_dataset
-    from fgia.train.generative import GenerativeConfig, check_output_dir, train_generator
+    from fgia.train.generative import (
+        GenerativeConfig,
+        check_output_dir,
+        train_generator,
+    )
 
     check_output_dir(out, force)  # before decoding any image
     values = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}) if config is not None else {}

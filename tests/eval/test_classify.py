@@ -14,7 +14,7 @@ from fgia.eval.classify import (
     evaluate_classification,
     format_classification,
 )
-from fgia.models import create_model, save_model
+from fgia.models import create_model, model_spec, save_model
 from fgia.models.output import ModelOutput
 
 CFG = ClassifyConfig(image_size=32, batch_size=8, workers=0, device="cpu")
@@ -83,3 +83,22 @@ def test_classify_checkpoint_end_to_end(synth, tiny_synth, tmp_path):
     metrics = classify_checkpoint(tmp_path / "m", tiny_synth, CFG)
     assert metrics["n"] == len(synth.split("test"))
     assert 0.0 <= metrics["mean_per_class"] <= 1.0 and metrics["top1"] <= metrics["top5"]
+
+
+class _SizeProbe(_Oracle):
+    """An oracle that records the input sizes it is given."""
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        self.sizes = getattr(self, "sizes", set()) | {tuple(x.shape[-2:])}
+        return super().forward(x)
+
+
+def test_a_model_is_read_at_the_size_it_was_trained_at(synth):
+    test = synth.split("test")
+    probe = _SizeProbe(test.labels, len(synth.classes))
+    probe.spec = model_spec(probe, image_size=40)  # what training and load_model set
+    evaluate_classification(probe, synth, cfg=ClassifyConfig(batch_size=8, device="cpu"))
+    assert probe.sizes == {(40, 40)}
+    probe.seen = 0
+    evaluate_classification(probe, synth, cfg=ClassifyConfig(image_size=48, batch_size=8, device="cpu"))
+    assert (48, 48) in probe.sizes  # an explicit size still wins

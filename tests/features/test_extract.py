@@ -18,9 +18,10 @@ from fgia.features.extract import (
     extract_features,
     extract_from_images,
     extract_models,
+    group_spec,
     normalize,
 )
-from fgia.models import ModelOutput, create_model
+from fgia.models import ExtractionSpec, ModelOutput, create_model, model_spec
 
 
 class MeanColour(nn.Module):
@@ -55,7 +56,8 @@ def images(tmp_path):
 
 
 def test_region_boxes_map_back_to_original_pixels(images):
-    fs = extract_features(MeanColour(), images, image_size=64, batch_size=2, workers=0, device="cpu")
+    fs = extract_features(MeanColour(), images, ExtractionSpec(image_size=64, mean=(0, 0, 0), std=(1, 1, 1)), batch_size=2,
+                          workers=0, device="cpu")
     assert fs.skipped == 1 and fs.index.tolist() == [0, 2]
     np.testing.assert_allclose(fs.boxes, [[50, 0, 75, 25], [0, 40, 20, 80]], atol=0.5)
     assert fs.predicted.tolist() == [0, 0]
@@ -66,8 +68,9 @@ def test_region_boxes_map_back_to_original_pixels(images):
 
 def test_query_path_matches_dataset_path(images):
     model = MeanColour()
-    fs = extract_features(model, images, image_size=64, workers=0, device="cpu")
-    query = extract_from_images(model, [Image.open(images[2].path)], image_size=64, device="cpu")
+    spec = model_spec(model, image_size=64)
+    fs = extract_features(model, images, spec, workers=0, device="cpu")
+    query = extract_from_images(model, [Image.open(images[2].path)], spec, device="cpu")
     np.testing.assert_allclose(query.image[0], fs.image[1], atol=1e-6)
     np.testing.assert_allclose(query.boxes[0], fs.boxes[1], atol=1e-4)
     assert query.maps.shape == (1, 8, 8)
@@ -76,16 +79,16 @@ def test_query_path_matches_dataset_path(images):
 def test_models_without_maps_extract_without_regions_only(images):
     model = MeanColour(with_maps=False)
     with pytest.raises(ValueError, match="no class-confidence maps"):
-        extract_features(model, images, image_size=64, workers=0, device="cpu")
-    fs = extract_features(model, images, image_size=64, workers=0, regions=False, device="cpu")
+        extract_features(model, images, model_spec(model, image_size=64), workers=0, device="cpu")
+    fs = extract_features(model, images, model_spec(model, image_size=64, regions=False), workers=0, device="cpu")
     assert fs.region is None and fs.boxes is None and fs.image.shape == (2, 3)
     with pytest.raises(ValueError, match="no samples"):
-        extract_features(model, [], image_size=64)
+        extract_features(model, [])
 
 
 def test_cnnets_with_a_worker_process(images):
     model = create_model("cnnets", num_classes=3, backbone="test_resnet", head_layers=1, head_dim=8).train()
-    fs = extract_features(model, images, image_size=64, batch_size=4, workers=1, device="auto")
+    fs = extract_features(model, images, model_spec(model, image_size=64), batch_size=4, workers=1, device="auto")
     assert fs.image.shape == fs.region.shape == (2, 16)
     assert fs.image.dtype == np.float32 and np.isfinite(fs.region).all()
     assert ((fs.boxes[:, 2:] > fs.boxes[:, :2]).all()) and (fs.boxes[0, 2:] <= [100, 50]).all()
@@ -121,14 +124,14 @@ def test_region_zoom_crops_regions_from_a_sharper_image(tmp_path):
         image.paste((255, 0, 0), (x, 0, x + 4, 100))
     image.save(tmp_path / "stripes.png")
     samples = [Sample(tmp_path / "stripes.png", 0)]
-    plain, zoomed = (extract_features(Detail(), samples, image_size=64, workers=0, device="cpu", region_zoom=z)
-                     for z in (1.0, 4.0))
+    plain, zoomed = (extract_features(Detail(), samples, model_spec(Detail(), image_size=64, region_zoom=z), workers=0,
+                                      device="cpu") for z in (1.0, 4.0))
     assert plain.image[0, 1] == zoomed.image[0, 1] == zoomed.region[0, 1] == 64  # the model always sees 64 px
     np.testing.assert_allclose(zoomed.boxes, plain.boxes, atol=2.0)
     np.testing.assert_allclose(plain.boxes[0], [200, 0, 300, 100], atol=8.0)
     assert zoomed.region[0, 0] > 3 * plain.region[0, 0]
     with pytest.raises(ValueError, match="region_zoom"):
-        extract_features(Detail(), samples, image_size=64, workers=0, device="cpu", region_zoom=0.5)
+        model_spec(Detail(), image_size=64, region_zoom=0.5)
 
 
 def _count_calls(module: nn.Module) -> list[int]:
@@ -146,11 +149,11 @@ def test_models_sharing_frozen_stages_run_them_once_per_batch(images):
     assert group.groups == [["unified", "category"], ["other"]]
     calls = {name: _count_calls(m.trunk[0] if name != "other" else m.trunk.stages[0])
              for name, m in group.models.items()}
-    feats = extract_models(group, images, image_size=48, batch_size=4, workers=0, device="cpu")
+    feats = extract_models(group, images, group_spec(group).with_(image_size=48), batch_size=4, workers=0, device="cpu")
     # one batch: the whole images, then the region crops, each through one lower trunk per group
     assert (calls["unified"][0], calls["category"][0], calls["other"][0]) == (2, 0, 2)
     for name, model in group.models.items():
-        alone = extract_features(model, images, image_size=48, workers=0, device="cpu", regions=False)
+        alone = extract_features(model, images, model_spec(model, image_size=48, regions=False), workers=0, device="cpu")
         np.testing.assert_allclose(feats[name].image, alone.image, atol=1e-5)
         assert feats[name].index.tolist() == [0, 2] and feats[name].skipped == 1
     # every model featurises the region found by `region_from` (the first model)
@@ -171,7 +174,16 @@ class Centroid(MeanColour):
 
 
 def test_flip_averages_each_embedding_with_its_mirror_images(images):
-    plain = extract_features(Centroid(), images, image_size=64, workers=0, device="cpu", regions=False)
-    flipped = extract_features(Centroid(), images, image_size=64, workers=0, device="cpu", regions=False, flip=True)
+    spec = model_spec(Centroid(), image_size=64, regions=False)
+    plain = extract_features(Centroid(), images, spec, workers=0, device="cpu")
+    flipped = extract_features(Centroid(), images, spec.with_(flip=True), workers=0, device="cpu")
     np.testing.assert_allclose(plain.image[0, 0], 0.625 * 64 - 0.5, atol=0.1)  # the red square: x 50-75 of 100
     np.testing.assert_allclose(flipped.image, 31.5, atol=1e-3)  # (63 - c + c) / 2, whatever the image
+
+
+def test_models_expecting_different_inputs_are_not_extracted_together():
+    trained_at_64 = MeanColour()
+    trained_at_64.spec = model_spec(trained_at_64, image_size=64)
+    with pytest.raises(ValueError, match="different inputs"):
+        group_spec({"a": trained_at_64, "b": MeanColour()})  # the other one carries the default 224
+    assert group_spec({"a": trained_at_64}).image_size == 64

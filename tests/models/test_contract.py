@@ -1,7 +1,8 @@
 """The contract every registered model keeps (timm-style: one test, parametrised over the whole registry).
 
 forward -> ModelOutput with an embedding of `embedding_dim` (and logits / class maps when it has them); a loss
-reaches its trainable parameters; `create_model(**model.config)` rebuilds it; save/load gives the same outputs;
+reaches its trainable parameters; `create_model(**model.config)` rebuilds it; save/load gives the same outputs
+and restores its extraction spec;
 a model with frozen stages computes forward = forward_top(lower_trunk(x)).
 """
 
@@ -11,7 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fgia.models import ModelOutput, create_model, list_models, load_model, save_model
+from fgia.models import (
+    ModelOutput,
+    create_model,
+    list_models,
+    load_model,
+    model_spec,
+    save_model,
+)
 from fgia.models.frozen import FrozenLowerTrunk
 
 NUM_CLASSES = 4
@@ -64,11 +72,13 @@ def test_config_rebuilds_and_checkpoints_round_trip(name, tmp_path):
     model = _build(name).eval()
     clone = create_model(**model.config)
     assert {k: v.shape for k, v in clone.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
-    save_model(model, tmp_path, [f"c{i}" for i in range(NUM_CLASSES)])
+    spec = model_spec(model, image_size=64)
+    save_model(model, tmp_path, [f"c{i}" for i in range(NUM_CLASSES)], spec=spec)
     loaded, info = load_model(tmp_path)
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(loaded(x).embedding, model(x).embedding)
     assert info["config"] == model.config and info["embedding_dim"] == model.embedding_dim
+    assert loaded.spec == spec and spec.mean == tuple(model.mean)  # read as it was trained
 
 
 def test_frozen_stages_split_the_forward_pass(name):

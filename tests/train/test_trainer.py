@@ -47,7 +47,8 @@ def test_fit_learns_and_writes_a_loadable_checkpoint(one_category, tmp_path, tin
     loaded, info = load_model(tmp_path / "run")
     assert info["class_names"] == train.classes
     assert info["extra"]["train_config"]["epochs"] == 6
-    kw = dict(image_size=64, batch_size=8, device="cpu")
+    assert loaded.spec == result.model.spec and loaded.spec.image_size == 64  # read at the size it trained at
+    kw = dict(batch_size=8, device="cpu")
     ours, labels = predict_logits(result.model, test, **kw)
     theirs, _ = predict_logits(loaded, test, **kw)
     np.testing.assert_allclose(ours[""], theirs[""], atol=1e-5)

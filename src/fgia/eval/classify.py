@@ -10,15 +10,17 @@ import torch.nn as nn
 from fgia.data import DatasetError, official_split, read_dataset
 from fgia.data.samples import FineGrainedDataset
 from fgia.models import load_model
+from fgia.models.spec import model_spec
 from fgia.train.trainer import evaluate
 
 
 @dataclass
 class ClassifyConfig:
-    """Evaluation settings; `split` "official" takes the dataset's shipped test split, None the whole dataset."""
+    """Evaluation settings; `split` "official" takes the dataset's shipped test split, None the whole dataset;
+    `image_size` None reads images as the model's spec says (the size it was trained at)."""
 
     split: str | None = "official"
-    image_size: int = 224
+    image_size: int | None = None
     batch_size: int = 64
     workers: int = 0
     device: str = "auto"
@@ -56,7 +58,8 @@ def evaluate_classification(model: nn.Module, dataset: FineGrainedDataset, class
     dataset = dataset.filter(lambda s: s.label >= 0)
     if len(dataset) == 0:
         raise DatasetError(f"{dataset.name}: no labelled images to classify (split {cfg.split!r})")
-    return evaluate(model, dataset, image_size=cfg.image_size, batch_size=cfg.batch_size, workers=cfg.workers,
+    spec = model_spec(model, **({"image_size": cfg.image_size} if cfg.image_size else {}))
+    return evaluate(model, dataset, spec, batch_size=cfg.batch_size, workers=cfg.workers,
                     device=cfg.device if cfg.device != "auto" else None)
 
 

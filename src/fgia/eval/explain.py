@@ -75,11 +75,11 @@ def explain(model_dir: str | os.PathLike, image: str | os.PathLike, out: str | o
             image_size: int | None = None, threshold: float = 0.5, device: str = "cpu") -> dict:
     """Write `out` (PNG): the image, and its predicted class's confidence map over it with the region box.
 
-    `image_size` defaults to the size the model was trained at (its saved train config), else 224. Returns what
+    `image_size` defaults to the size the model was trained at (its saved `ExtractionSpec`). Returns what
     the picture shows: class, probability, box (image pixels), map source and image size.
     """
     model, info = load_model(model_dir, device=device)
-    size = image_size or trained_size(info)
+    size = image_size or info["spec"].image_size
     picture = load_image(image)
     dev = pick_device(device)
     model = prepare_model(model, dev)
@@ -97,16 +97,12 @@ def explain(model_dir: str | os.PathLike, image: str | os.PathLike, out: str | o
             "map": source, "image_size": size}
 
 
-def trained_size(info: dict, default: int = 224) -> int:
-    """The input size a saved model was trained at (its train config in model.yaml), else `default`."""
-    return info.get("extra", {}).get("train_config", {}).get("image_size") or default
-
-
 def explain_spreads(model_dir: str | os.PathLike, samples: Sequence[Sample], out: str | os.PathLike, title: str,
                     image_size: int | None = None, bins: int = 20, device: str = "cpu") -> dict:
     """The map-spread histogram of a saved model over `samples` (`image_spreads`), drawn to `out`; returns it."""
     model, info = load_model(model_dir, device=device)
-    histogram = spread_histogram(image_spreads(model, samples, image_size or trained_size(info), device=device), bins)
+    size = image_size or info["spec"].image_size
+    histogram = spread_histogram(image_spreads(model, samples, size, device=device), bins)
     plot_spread_histogram(histogram, out, title, {"conv": "Conv-Net", "norm": "Norm-Net"})
     return histogram
 

@@ -34,6 +34,7 @@ from fgia.eval.realdata import SHARED_DATASETS, Recipe, embed, epoch_logger, mac
 from fgia.features.extract import extract_features
 from fgia.features.pca import l2_normalize
 from fgia.models import create_model, load_model, save_model
+from fgia.models.spec import model_spec
 from fgia.runtime import atomic_write_text, output_folder, pick_device, seed_everything
 from fgia.train.cache import TrunkCache
 from fgia.train.episodic import EpisodeSampler, EpisodicConfig, meta_train
@@ -49,7 +50,7 @@ class FewShotConfig:
     n_query: int = 15
     episodes: int = 600
     seed: int = 0
-    image_size: int = 224
+    image_size: int | None = None  # None: the model's spec (the size it was trained at)
     batch_size: int = 64
     workers: int = 0
     device: str = "auto"
@@ -109,8 +110,9 @@ def few_shot_checkpoint(model_dir: str | os.PathLike, data: str | os.PathLike, c
     dataset = read_dataset(data, data_format)
     if novel_only:
         dataset = zero_shot_split(dataset)[1]
-    feats = extract_features(model, dataset.samples, image_size=cfg.image_size, regions=False,
-                             batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device)
+    spec = model_spec(model, regions=False, **({"image_size": cfg.image_size} if cfg.image_size else {}))
+    feats = extract_features(model, dataset.samples, spec, batch_size=cfg.batch_size, workers=cfg.workers,
+                             device=cfg.device)
     return few_shot_report(feats.image, np.asarray(dataset.labels)[feats.index], cfg, shots)
 
 

@@ -19,7 +19,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,11 +43,12 @@ from fgia.features.descriptors import (
     fit_descriptor,
     fit_whitening,
 )
-from fgia.features.extract import extract_models
+from fgia.features.extract import extract_models, group_spec
 from fgia.features.pca import l2_normalize
 from fgia.metrics import evaluate_retrieval
 from fgia.models import create_network, create_trunk
 from fgia.models.frozen import FrozenLowerTrunk
+from fgia.models.spec import ExtractionSpec
 from fgia.runtime import atomic_write_text, pick_device, seed_everything
 from fgia.train.cache import TrunkCache, cache_key
 from fgia.train.config import TrainConfig
@@ -182,8 +183,11 @@ class MethodEmbedder:
         self.trained: dict[str, tuple[nn.Module, float]] = {}
         self.train_configs: dict[str, TrainConfig] = {}
         self._offtheshelf: nn.Module | None = None
-        self.extract = {"image_size": cfg.image_size, "batch_size": cfg.batch_size, "workers": cfg.workers,
-                        "device": cfg.device}
+        self.extract = {"batch_size": cfg.batch_size, "workers": cfg.workers, "device": cfg.device}
+
+    def spec(self, models: Mapping[str, nn.Module]) -> ExtractionSpec:
+        """How every method's features are read: whole images at the benchmark's size, the models' normalisation."""
+        return group_spec(models).with_(image_size=self.cfg.image_size, regions=False)
 
     def model_name(self, method: str) -> str:
         """The registered model a trained method trains ("plain" for the metric losses)."""
@@ -254,7 +258,8 @@ class MethodEmbedder:
         else:
             trunk = self.offtheshelf_trunk()
         descriptor = self._descriptor(kind, mode)
-        fit_descriptor(descriptor, trunk, self.aux.samples, seed=self.cfg.seed, **self.extract)
+        fit_descriptor(descriptor, trunk, self.aux.samples, seed=self.cfg.seed, image_size=self.cfg.image_size,
+                       **self.extract)
         # the stages the fine-tuned plain model keeps frozen are the pretrained ones in either mode
         shared = self.cfg.model_kwargs.get("plain", {}).get("frozen_stages", 0)
         return DescriptorModel(trunk, descriptor, frozen_stages=shared), train_seconds, None
@@ -298,7 +303,7 @@ class MethodEmbedder:
                    for name, model in cached.items()}
         rest = {name: model for name, model in models.items() if name not in cached}
         if rest:
-            feats = extract_models(rest, samples, regions=False, **self.extract)
+            feats = extract_models(rest, samples, self.spec(rest), **self.extract)
             out.update({name: (fs.image, fs.index) for name, fs in feats.items()})
         return {name: out[name] for name in models}
 

@@ -321,7 +321,7 @@ def _ms_per_image(embedder: MethodEmbedder, method: str, samples: list[Sample]) 
     """Extraction time per image of one method alone."""
     model = embedder.model(method)[0]
     start = time.perf_counter()
-    extract_models({method: model}, samples, regions=False, **embedder.extract)
+    extract_models({method: model}, samples, embedder.spec({method: model}), **embedder.extract)
     return 1000 * (time.perf_counter() - start) / max(1, len(samples))
 
 

@@ -24,6 +24,7 @@ from fgia.features.extract import FeatureSet, extract_features
 from fgia.features.pca import FeaturePCA
 from fgia.models.frozen import FrozenLowerTrunk
 from fgia.models.output import ModelOutput
+from fgia.models.spec import model_spec
 from fgia.registry import Registry
 
 DESCRIPTORS: Registry[Callable[..., nn.Module]] = Registry("descriptor")
@@ -296,26 +297,30 @@ class _LocalSample(MapDescriptor):
 
 
 def fit_descriptor(descriptor: nn.Module, trunk: nn.Module, samples: Sequence[Sample], per_image: int = 64,
-                   seed: int = 0, **extract_kwargs) -> nn.Module:
-    """Fit a descriptor that needs it (VLAD's codebook) on `per_image` local descriptors of each auxiliary image.
+                   seed: int = 0, image_size: int = 224, **extract_kwargs) -> nn.Module:
+    """Fit a descriptor that needs it (VLAD's codebook) on `per_image` local descriptors of each auxiliary image
+    read at `image_size`.
 
-    `extract_kwargs` go to `extract_features` (image_size, batch_size, workers, device). Returns `descriptor`.
+    `extract_kwargs` go to `extract_features` (batch_size, workers, device). Returns `descriptor`.
     """
     if not getattr(descriptor, "needs_fit", False):
         return descriptor
     sampler = DescriptorModel(trunk, _LocalSample(per_image, seed))
-    points = extract_features(sampler, samples, regions=False, **extract_kwargs).image
+    spec = model_spec(sampler, image_size=image_size, regions=False)
+    points = extract_features(sampler, samples, spec, **extract_kwargs).image
     descriptor.fit(torch.from_numpy(points).reshape(-1, trunk.out_channels, 1, 1))
     return descriptor
 
 
-def extract_descriptors(trunk: nn.Module, descriptor: nn.Module, samples: Sequence[Sample],
+def extract_descriptors(trunk: nn.Module, descriptor: nn.Module, samples: Sequence[Sample], image_size: int = 224,
                         **extract_kwargs) -> FeatureSet:
-    """Raw (N, D) descriptors of `samples`: the trunk's last conv map -> `descriptor` (no post-processing).
+    """Raw (N, D) descriptors of `samples` read at `image_size`: the trunk's last conv map -> `descriptor` (no
+    post-processing).
 
-    `extract_kwargs` go to `extract_features` (image_size, batch_size, workers, device, progress).
+    `extract_kwargs` go to `extract_features` (batch_size, workers, device, progress).
     """
-    return extract_features(DescriptorModel(trunk, descriptor), samples, regions=False, **extract_kwargs)
+    model = DescriptorModel(trunk, descriptor)
+    return extract_features(model, samples, model_spec(model, image_size=image_size, regions=False), **extract_kwargs)
 
 
 def fit_whitening(aux_features: np.ndarray, dim: int | None = None) -> FeaturePCA:

@@ -32,6 +32,7 @@ from fgia.data.torch_dataset import make_loader
 from fgia.models.frozen import lower_and_top, module_digest
 from fgia.models.output import ModelOutput
 from fgia.models.regions import region_boxes, scale_boxes
+from fgia.models.spec import ExtractionSpec, model_spec
 from fgia.progress import track_batches
 from fgia.runtime import pick_device
 
@@ -186,23 +187,20 @@ def featurize_batch(
     images: Tensor,
     zoomed: Tensor | None = None,
     *,
-    regions: bool = True,
-    threshold: float = 0.5,
-    min_area: float = 0.02,
+    spec: ExtractionSpec = ExtractionSpec(),
     keep_maps: bool = False,
-    flip: bool = False,
-    region_from: str | None = None,
 ) -> dict[str, BatchFeatures]:
     """Every model's features of a normalised (B, 3, S, S) batch on the models' device, keyed by model name
-    (a single model is called "model"), plus region embeddings and boxes.
+    (a single model is called "model"), plus region embeddings and boxes when `spec.regions`.
 
     Regions are cropped from `zoomed` (the same images at region_zoom x S) when given, else from `images`, and
     resized to S, so a zoomed region shows the model detail the whole-image pass could not see. The box comes
-    from `region_from`'s maps (default: the first model) and every model featurises the same crop.
+    from `spec.region_from`'s maps (default: the first model) and every model featurises the same crop.
     """
     group = as_group(models)
     names = list(group.models)
-    region_from = region_from or names[0]
+    region_from = spec.region_from or names[0]
+    regions, flip = spec.regions, spec.flip
     size = images.shape[-1]
     outputs, embeddings = _embeddings(group, images, flip)
     batch = len(images)
@@ -217,7 +215,7 @@ def featurize_batch(
         for name in names:
             result[name].maps = confidence_map(outputs[name]) if name != region_from else maps
     if regions:
-        boxes = region_boxes(maps, threshold, min_area, upsample_to=size)
+        boxes = region_boxes(maps, spec.threshold, spec.min_area, upsample_to=size)
         source = images if zoomed is None else zoomed
         height, width = source.shape[-2:]
         pixels = scale_boxes(boxes, np.full(batch, width), np.full(batch, height))
@@ -243,66 +241,49 @@ def as_group(models: nn.Module | Mapping[str, nn.Module] | TrunkGroup) -> TrunkG
 def extract_models(
     models: Mapping[str, nn.Module] | TrunkGroup,
     samples: Sequence[Sample],
+    spec: ExtractionSpec | None = None,
     *,
-    image_size: int = 224,
-    regions: bool = True,
-    threshold: float = 0.5,
-    min_area: float = 0.02,
     batch_size: int = 32,
     workers: int = 2,
     device: str = "auto",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
     keep_maps: bool = False,
     progress: bool = False,
-    region_zoom: float = 1.0,
-    flip: bool = False,
-    region_from: str | None = None,
 ) -> dict[str, FeatureSet]:
     """Whole-image (and region) features of `samples` under every model, in one pass over the images.
 
-    mean/std default to the models' own (they must agree). `region_zoom` > 1 loads images at that multiple of
-    `image_size` and crops regions from them (see `featurize_batch`). The models are moved to the device and put
-    in eval mode (in place). Unreadable images are skipped and counted in `FeatureSet.skipped`;
-    `FeatureSet.index` says which samples the rows belong to.
+    `spec` (default: the one the models carry, see `group_spec`) says the input size, normalisation and region
+    settings; `spec.region_zoom` > 1 loads images at that multiple of the size and crops regions from them (see
+    `featurize_batch`). The models are moved to the device and put in eval mode (in place). Unreadable images are
+    skipped and counted in `FeatureSet.skipped`; `FeatureSet.index` says which samples the rows belong to.
     """
     if len(samples) == 0:
         raise ValueError("no samples to extract features from")
     dev = pick_device(device)
     group = prepare_model(as_group(models), dev)
-    mean, std = _normalisation(group, mean, std)
-    loader = make_loader(samples, ResizeWithOriginalSize(image_size, _zoom_size(image_size, regions, region_zoom)),
-                         batch_size, workers=workers)
+    spec = spec or group_spec(group)
+    loader = make_loader(samples, _resize(spec), batch_size, workers=workers)
     parts: list[tuple[dict[str, BatchFeatures], Tensor, Tensor]] = []
     batches = track_batches(loader, "extracting features", enabled=progress)
     for batch, _, indices in batches:
-        feats = featurize_batch(group, *_normalised(batch, dev, mean, std), regions=regions, threshold=threshold,
-                                min_area=min_area, keep_maps=keep_maps, flip=flip, region_from=region_from)
+        feats = featurize_batch(group, *_normalised(batch, dev, spec), spec=spec, keep_maps=keep_maps)
         parts.append((feats, batch["size"], indices))
-    return {name: _collect([(f[name], s, i) for f, s, i in parts], group.models[name], regions, keep_maps,
+    return {name: _collect([(f[name], s, i) for f, s, i in parts], group.models[name], spec.regions, keep_maps,
                            skipped=len(loader.skipped)) for name in group.models}
 
 
-def extract_features(model: nn.Module, samples: Sequence[Sample], **options) -> FeatureSet:
-    """`extract_models` for one model (same keyword options)."""
-    return extract_models({SINGLE: model}, samples, **options)[SINGLE]
+def extract_features(model: nn.Module, samples: Sequence[Sample], spec: ExtractionSpec | None = None,
+                     **options) -> FeatureSet:
+    """`extract_models` for one model (same options)."""
+    return extract_models({SINGLE: model}, samples, spec, **options)[SINGLE]
 
 
 def extract_from_images(
     models: nn.Module | Mapping[str, nn.Module] | TrunkGroup,
     images: Sequence[Image.Image],
+    spec: ExtractionSpec | None = None,
     *,
-    image_size: int = 224,
-    regions: bool = True,
-    threshold: float = 0.5,
-    min_area: float = 0.02,
     device: str = "auto",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
     keep_maps: bool = True,
-    region_zoom: float = 1.0,
-    flip: bool = False,
-    region_from: str | None = None,
 ) -> FeatureSet | dict[str, FeatureSet]:
     """The same features for in-memory PIL images (e.g. query uploads), processed exactly like a dataset: a
     FeatureSet for one model, a dict of them for a mapping or group of models."""
@@ -310,48 +291,39 @@ def extract_from_images(
         raise ValueError("no images to extract features from")
     dev = pick_device(device)
     group = prepare_model(as_group(models), dev)
-    mean, std = _normalisation(group, mean, std)
-    resize = ResizeWithOriginalSize(image_size, _zoom_size(image_size, regions, region_zoom))
+    spec = spec or group_spec(group)
+    resize = _resize(spec)
     batch = default_collate([resize(image.convert("RGB")) for image in images])
-    feats = featurize_batch(group, *_normalised(batch, dev, mean, std), regions=regions, threshold=threshold,
-                            min_area=min_area, keep_maps=keep_maps, flip=flip, region_from=region_from)
+    feats = featurize_batch(group, *_normalised(batch, dev, spec), spec=spec, keep_maps=keep_maps)
     index = torch.arange(len(images))
-    out = {name: _collect([(f, batch["size"], index)], group.models[name], regions, keep_maps, skipped=0)
+    out = {name: _collect([(f, batch["size"], index)], group.models[name], spec.regions, keep_maps, skipped=0)
            for name, f in feats.items()}
     return out[SINGLE] if isinstance(models, nn.Module) and not isinstance(models, TrunkGroup) else out
 
 
-def _zoom_size(image_size: int, regions: bool, region_zoom: float) -> int | None:
-    """The size regions are cropped from, when it differs from the image size."""
-    if region_zoom < 1.0:
-        raise ValueError(f"region_zoom must be >= 1, got {region_zoom}")
-    zoom_size = round(image_size * region_zoom)
-    return zoom_size if regions and zoom_size != image_size else None
+def group_spec(models: nn.Module | Mapping[str, nn.Module] | TrunkGroup) -> ExtractionSpec:
+    """The spec the models carry (the first model's; they must agree on input size and normalisation)."""
+    specs = [model_spec(model) for model in as_group(models).models.values()]
+    inputs = {(s.image_size, s.mean, s.std) for s in specs}
+    if len(inputs) > 1:
+        raise ValueError(f"the models expect different inputs (size, mean, std) {sorted(inputs)}: extract them "
+                         "apart or pass one spec")
+    return specs[0]
 
 
-def _normalised(batch: dict[str, Tensor], device: torch.device, mean: Sequence[float],
-                std: Sequence[float]) -> tuple[Tensor, Tensor | None]:
+def _resize(spec: ExtractionSpec) -> ResizeWithOriginalSize:
+    """The loader transform: the image at the spec's size, and at the zoomed size regions are cropped from when
+    that differs."""
+    zoom_size = round(spec.image_size * spec.region_zoom)
+    return ResizeWithOriginalSize(spec.image_size, zoom_size if spec.regions and zoom_size != spec.image_size
+                                  else None)
+
+
+def _normalised(batch: dict[str, Tensor], device: torch.device, spec: ExtractionSpec) -> tuple[Tensor, Tensor | None]:
     """(images, zoomed images or None) of a loaded batch, normalised on `device`."""
     zoomed = batch.get("zoomed")
-    return (normalize(batch["image"].to(device, non_blocking=True), mean, std),
-            None if zoomed is None else normalize(zoomed.to(device, non_blocking=True), mean, std))
-
-
-def _normalisation(
-    group: TrunkGroup, mean: Sequence[float] | None, std: Sequence[float] | None
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The caller's mean/std, else the models' (what their weights expect; they must agree)."""
-    if mean is not None and std is not None:
-        return tuple(mean), tuple(std)
-    own = set()
-    for name, model in group.models.items():
-        if not hasattr(model, "mean"):
-            raise ValueError(f"{type(model).__name__} has no mean/std attributes: pass mean= and std=")
-        own.add((tuple(model.mean), tuple(model.std)))
-    if len(own) > 1:
-        raise ValueError(f"the models expect different input normalisations {sorted(own)}: extract them apart")
-    model_mean, model_std = own.pop()
-    return tuple(mean if mean is not None else model_mean), tuple(std if std is not None else model_std)
+    return (normalize(batch["image"].to(device, non_blocking=True), spec.mean, spec.std),
+            None if zoomed is None else normalize(zoomed.to(device, non_blocking=True), spec.mean, spec.std))
 
 
 def _collect(

@@ -6,8 +6,10 @@ from fgia.models.backbones import Trunk, WeightsError, create_network, create_tr
 from fgia.models.checkpoint import load_model, save_model
 from fgia.models.output import ModelOutput
 from fgia.models.registry import create_model, list_models, register_model
+from fgia.models.spec import ExtractionSpec, model_spec
 
 __all__ = [
+    "ExtractionSpec",
     "ModelOutput",
     "Trunk",
     "WeightsError",
@@ -16,6 +18,7 @@ __all__ = [
     "create_trunk",
     "list_models",
     "load_model",
+    "model_spec",
     "register_model",
     "save_model",
 ]

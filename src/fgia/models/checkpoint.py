@@ -1,7 +1,8 @@
 """Checkpoints: a directory with model.safetensors (weights) and model.yaml (how to rebuild and use them).
 
 model.yaml holds the model's `config` (so `create_model(**config)` rebuilds the architecture), the class names,
-the input normalisation and any `extra` the caller saves with it (e.g. training config, PCA fingerprints).
+its `ExtractionSpec` (input size, normalisation, region settings: `load_model` puts it on the model as `.spec`)
+and any `extra` the caller saves with it (e.g. training config, PCA fingerprints).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch.nn as nn
 import yaml
 
 from fgia.models.registry import create_model
+from fgia.models.spec import ExtractionSpec, model_spec
 from fgia.runtime import atomic_path, atomic_write_text, pick_device
 
 WEIGHTS_FILE = "model.safetensors"
@@ -23,9 +25,11 @@ FORMAT_VERSION = 1
 
 
 def save_model(
-    model: nn.Module, directory: str | os.PathLike, class_names: list[str], extra: dict[str, Any] | None = None
+    model: nn.Module, directory: str | os.PathLike, class_names: list[str], extra: dict[str, Any] | None = None,
+    spec: ExtractionSpec | None = None,
 ) -> Path:
-    """Write `model` to `directory` (weights, then model.yaml; each file atomically); returns the directory."""
+    """Write `model` to `directory` (weights, then model.yaml; each file atomically); returns the directory.
+    `spec` defaults to the model's own (`model_spec`)."""
     config = getattr(model, "config", None)
     if not isinstance(config, dict) or "name" not in config:
         raise TypeError(f"{type(model).__name__} has no `config` dict with a registered `name`; cannot save it")
@@ -42,6 +46,7 @@ def save_model(
         "mean": list(getattr(model, "mean")),
         "std": list(getattr(model, "std")),
         "embedding_dim": getattr(model, "embedding_dim", None),
+        "spec": (spec or model_spec(model)).to_dict(),
         "extra": extra or {},
     }
     atomic_write_text(directory / INFO_FILE, yaml.safe_dump(info, sort_keys=False))
@@ -51,7 +56,8 @@ def save_model(
 def load_model(directory: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model saved in `directory`, load its weights, put it in eval mode on `device`.
 
-    Returns (model, info) where info is model.yaml's content (config, class_names, mean, std, extra).
+    Returns (model, info) where info is model.yaml's content (config, class_names, mean, std, spec, extra); the
+    model carries its `ExtractionSpec` as `model.spec`.
     """
     directory = Path(directory)
     weights, info_path = directory / WEIGHTS_FILE, directory / INFO_FILE
@@ -66,4 +72,7 @@ def load_model(directory: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mo
         safetensors.torch.load_model(model, str(weights), strict=True, device="cpu")
     except RuntimeError as err:
         raise ValueError(f"{weights} does not match the architecture in {INFO_FILE}: {err}") from err
+    spec = info.get("spec")
+    model.spec = ExtractionSpec.from_dict(spec) if spec else model_spec(model)
+    info["spec"] = model.spec
     return model.to(pick_device(device)).eval(), info

@@ -27,8 +27,6 @@ from torch import Tensor
 from fgia.features.extract import TrunkGroup
 from fgia.retrieval.system import System, load_system
 from fgia.runtime import atomic_path, atomic_write_text
-from fgia.train import UNIFIED
-from fgia.train.trainer import normalisation
 
 EXPORT_FILE = "export.json"
 FORMATS = {"onnx": "extraction.onnx", "torch": "extraction.pt2"}
@@ -99,7 +97,7 @@ def export_system(system: System | str | os.PathLike, out_dir: str | os.PathLike
             buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer, not the temporary file
             torch.export.save(program, buffer)
             tmp.write_bytes(buffer.getvalue())
-    mean, std = normalisation(system.models[UNIFIED])
+    mean, std = system.spec.mean, system.spec.std
     manifest: dict[str, Any] = {
         "format": fmt,
         "file": path.name,
@@ -109,6 +107,7 @@ def export_system(system: System | str | os.PathLike, out_dir: str | os.PathLike
                                    "scale to [0, 1], (x - mean) / std, NCHW"},
         "outputs": graph.output_names,
         "flip_averaged": cfg.flip,
+        "spec": system.spec.to_dict(),
         "models": list(system.models),
         "categories": system.categories,
         "system": str(system.path.resolve()),

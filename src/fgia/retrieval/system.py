@@ -36,7 +36,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,11 +57,13 @@ from fgia.features.extract import (
     TrunkGroup,
     extract_from_images,
     extract_models,
+    group_spec,
 )
 from fgia.features.pca import FeaturePCA, l2_normalize
 from fgia.index import file_digest
 from fgia.metrics import evaluate_retrieval
 from fgia.models import create_model, load_model, save_model
+from fgia.models.spec import ExtractionSpec
 from fgia.retrieval.search import average_query_expansion, knn
 from fgia.runtime import (
     atomic_path,
@@ -197,11 +199,12 @@ class SystemConfig:
             return max(1, round(self.top_k_fraction * database_size))
         return self.top_k
 
-    def extraction_options(self) -> dict[str, Any]:
-        """`extract_models` / `extract_from_images` options shared by AD fitting, indexing and querying."""
-        return {"image_size": self.image_size, "regions": self.regions, "threshold": self.threshold,
-                "min_area": self.min_area, "region_zoom": self.region_zoom, "flip": self.flip,
-                "device": self.device, "region_from": UNIFIED}
+    def extraction_spec(self, models: Mapping[str, nn.Module]) -> ExtractionSpec:
+        """How the system reads images for AD fitting, indexing and querying: its size and region settings, with
+        the normalisation its `models` carry."""
+        return group_spec(models).with_(image_size=self.image_size, regions=self.regions, threshold=self.threshold,
+                                        min_area=self.min_area, region_zoom=self.region_zoom, flip=self.flip,
+                                        region_from=UNIFIED)
 
     def model_kwargs(self) -> dict[str, Any]:
         """`create_model("cnnets", num_classes=..., **model_kwargs())` builds the unified model."""
@@ -322,12 +325,14 @@ class System:
     fingerprint: str
     hash_model: nn.Module | None = None
     group: TrunkGroup = field(init=False)
+    spec: ExtractionSpec = field(init=False)
 
     def __post_init__(self) -> None:
         # The hashing model joins the extraction pass (its relaxed codes come out as features[HASH]) but is no
         # fine model.
-        extra = {HASH: self.hash_model} if self.hash_model is not None else {}
-        self.group = TrunkGroup({**self.models, **extra})
+        models = {**self.models, **({HASH: self.hash_model} if self.hash_model is not None else {})}
+        self.group = TrunkGroup(models)
+        self.spec = self.config.extraction_spec(models)
 
     @property
     def fine_models(self) -> list[str]:
@@ -343,10 +348,10 @@ class System:
                  progress: bool = False) -> dict[str, FeatureSet]:
         """Every model's features of dataset samples or in-memory images, in one pass (unreadable samples skipped,
         see `FeatureSet.index`)."""
-        options = self.config.extraction_options()
         if images is not None:
-            return extract_from_images(self.group, images, keep_maps=True, **options)
-        return extract_models(self.group, samples, workers=self.config.workers, progress=progress, **options)
+            return extract_from_images(self.group, images, self.spec, device=self.config.device, keep_maps=True)
+        return extract_models(self.group, samples, self.spec, workers=self.config.workers,
+                              device=self.config.device, progress=progress)
 
     def coarse(self, feats: dict[str, FeatureSet]) -> tuple[np.ndarray, np.ndarray]:
         """(full-d Conv-Net feature, `coarse_dim` coarse feature) of the unified model, both L2-normalised."""
@@ -422,8 +427,8 @@ def _train_system(auxiliary: FineGrainedDataset, cfg: SystemConfig, out: Path, p
 
     fit_set = _draw(auxiliary, cfg.fit_images, cfg.seed)
     console.log(f"fitting PCAs and the coarse classifier on the features of {len(fit_set)} AD images")
-    feats = extract_models(models, fit_set.samples, workers=cfg.workers, progress=progress,
-                           **cfg.extraction_options())
+    feats = extract_models(models, fit_set.samples, cfg.extraction_spec(models), workers=cfg.workers,
+                           device=cfg.device, progress=progress)
     read = feats[UNIFIED].index
     read_categories = np.array([fit_set.samples[i].category for i in read])
     rows = {name: np.arange(len(read)) if name == UNIFIED else np.flatnonzero(read_categories == name)
@@ -593,8 +598,8 @@ def select_recipe(
                                                    progress=progress).model
     if sel.offtheshelf_weights:
         models[OFFTHESHELF] = offtheshelf_model(cfg)
-    feats = extract_models(models, val_set.samples, workers=cfg.workers,
-                           **replace(cfg, regions=sel.try_regions).extraction_options())
+    feats = extract_models(models, val_set.samples, replace(cfg, regions=sel.try_regions).extraction_spec(models),
+                           workers=cfg.workers, device=cfg.device)
     if len(feats[UNIFIED]) != len(val_set):
         raise ValueError(f"{len(val_set) - len(feats[UNIFIED])} validation image(s) became unreadable")
 

@@ -28,6 +28,7 @@ from fgia.metrics import mean_per_class_accuracy, topk_accuracy
 from fgia.models import create_model, save_model
 from fgia.models.frozen import FrozenLowerTrunk
 from fgia.models.output import ModelOutput
+from fgia.models.spec import ExtractionSpec, model_spec
 from fgia.progress import BatchProgress
 from fgia.runtime import atomic_path, atomic_write_text, pick_device, seed_everything
 from fgia.train.cache import trunk_cache
@@ -175,6 +176,7 @@ class _Trainer:
             cfg.model, num_classes=len(train.classes), **cfg.model_kwargs)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.mean, self.std = normalisation(self.model, cfg.mean, cfg.std)
+        self.model.spec = model_spec(self.model, image_size=cfg.image_size, mean=self.mean, std=self.std)
         cached = cfg.cache_trunk and isinstance(self.model, FrozenLowerTrunk) and self.model.frozen_stages > 0
         self.step = TrainStep(self.model, loss_fn or build_loss(cfg, self.model), cached=cached)
         self.step.to(self.ctx.device, memory_format=self.memory_format)
@@ -320,9 +322,8 @@ class _Trainer:
                 record: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch, bar)}
                 last = epoch + 1 == cfg.epochs
                 if self.val_set is not None and self.ctx.is_main and ((epoch + 1) % cfg.val_every == 0 or last):
-                    metrics = evaluate(self.model, self.val_set, image_size=cfg.image_size,
-                                       batch_size=cfg.batch_size, workers=cfg.workers, device=self.ctx.device,
-                                       mean=self.mean, std=self.std, amp=cfg.amp)
+                    metrics = evaluate(self.model, self.val_set, batch_size=cfg.batch_size, workers=cfg.workers,
+                                       device=self.ctx.device, amp=cfg.amp)
                     record.update({f"val_{k}": v for k, v in metrics.items() if k != "n"})
                 self.history.append(record)
                 self.console.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -358,13 +359,14 @@ def fit(cfg: TrainConfig, train: FineGrainedDataset, val: FineGrainedDataset | N
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, dataset: FineGrainedDataset, *, image_size: int = 224, batch_size: int = 64,
-                   workers: int = 0, device: torch.device | str | None = None,
-                   mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+def predict_logits(model: nn.Module, dataset: FineGrainedDataset, spec: ExtractionSpec | None = None, *,
+                   batch_size: int = 64, workers: int = 0, device: torch.device | str | None = None,
                    amp: str = "auto") -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Logits of every image, as {"": combined logits, head name: that head's logits}, and the labels."""
+    """Logits of every image, as {"": combined logits, head name: that head's logits}, and the labels; images are
+    read as `spec` says (default: the model's own spec, i.e. the size it was trained at)."""
     device = pick_device("auto") if device is None else torch.device(device)
-    transform = build_transform(False, image_size, *normalisation(model, mean, std))
+    spec = spec or model_spec(model)
+    transform = build_transform(False, spec.image_size, spec.mean, spec.std)
     loader = make_loader(dataset.samples, transform, batch_size=batch_size, shuffle=False, workers=workers)
     dtype = amp_dtype(amp, device)
     was_training = model.training
@@ -383,13 +385,14 @@ def predict_logits(model: nn.Module, dataset: FineGrainedDataset, *, image_size:
     return {k: torch.cat(v).numpy() for k, v in parts.items()}, torch.cat(labels).numpy()
 
 
-def evaluate(model: nn.Module, dataset: FineGrainedDataset, **kwargs: Any) -> dict[str, float]:
+def evaluate(model: nn.Module, dataset: FineGrainedDataset, spec: ExtractionSpec | None = None,
+             **kwargs: Any) -> dict[str, float]:
     """Top-1, top-5 and mean per-class accuracy of `model` on `dataset` (and per head: "top1_conv", ...).
 
-    Keyword options are those of `predict_logits` (image_size, batch_size, workers, device, mean, std, amp).
+    `spec` and the keyword options are those of `predict_logits` (batch_size, workers, device, amp).
     """
     _check_data(dataset, None)
-    logits, labels = predict_logits(model, dataset, **kwargs)
+    logits, labels = predict_logits(model, dataset, spec, **kwargs)
     ks = (1, 5) if logits[""].shape[1] >= 5 else (1,)
     metrics: dict[str, float] = {"n": float(len(labels))}
     for head, scores in logits.items():
