@@ -21,6 +21,7 @@ def _hamming(engine, qf):
 
 def test_the_system_trains_a_hashing_model_and_the_index_stores_its_codes(built, engine):
     assert (built.system_dir / "hash" / "model.yaml").is_file()
+    assert "hash/model.yaml" in engine.system.files  # fingerprinted: a retrained hashing model changes the system
     assert set(engine.system.hash_model.code_slices) == {16, 64} and engine.stats()["codes"] == 64
     stored = engine.store.array("codes/64")
     assert stored.shape == (len(engine), 64) and set(np.unique(stored)) == {-1.0, 1.0}
