@@ -193,9 +193,8 @@ class SystemConfig:
     def extraction_spec(self, models: Mapping[str, nn.Module]) -> ExtractionSpec:
         """How the system reads images for AD fitting, indexing and querying: its size and region settings, with
         the normalisation its `models` carry."""
-        return group_spec(models).with_(image_size=self.image_size, regions=self.regions, threshold=self.threshold,
-                                        min_area=self.min_area, region_zoom=self.region_zoom, flip=self.flip,
-                                        region_from=UNIFIED)
+        return group_spec(models, image_size=self.image_size, regions=self.regions, threshold=self.threshold,
+                          min_area=self.min_area, region_zoom=self.region_zoom, flip=self.flip, region_from=UNIFIED)
 
     def model_kwargs(self) -> dict[str, Any]:
         """`create_model("cnnets", num_classes=..., **model_kwargs())` builds the unified model."""
@@ -308,11 +307,14 @@ class System:
     files: dict[str, str]  # the files the system wrote -> their SHA-256 now
     fingerprint: str
     group: TrunkGroup = field(init=False)
-    spec: ExtractionSpec = field(init=False)
 
     def __post_init__(self) -> None:
         self.group = TrunkGroup(self.models)
-        self.spec = self.config.extraction_spec(self.models)
+
+    @property
+    def spec(self) -> ExtractionSpec:
+        """How the system reads images (from its config, see `SystemConfig.extraction_spec`)."""
+        return self.config.extraction_spec(self.models)
 
     @property
     def fine_models(self) -> list[str]:
