@@ -56,8 +56,8 @@ def images(tmp_path):
 
 
 def test_region_boxes_map_back_to_original_pixels(images):
-    fs = extract_features(MeanColour(), images, ExtractionSpec(image_size=64, mean=(0, 0, 0), std=(1, 1, 1)), batch_size=2,
-                          workers=0, device="cpu")
+    spec = ExtractionSpec(image_size=64, mean=(0, 0, 0), std=(1, 1, 1))
+    fs = extract_features(MeanColour(), images, spec, batch_size=2, workers=0, device="cpu")
     assert fs.skipped == 1 and fs.index.tolist() == [0, 2]
     np.testing.assert_allclose(fs.boxes, [[50, 0, 75, 25], [0, 40, 20, 80]], atol=0.5)
     assert fs.predicted.tolist() == [0, 0]
@@ -149,7 +149,7 @@ def test_models_sharing_frozen_stages_run_them_once_per_batch(images):
     assert group.groups == [["unified", "category"], ["other"]]
     calls = {name: _count_calls(m.trunk[0] if name != "other" else m.trunk.stages[0])
              for name, m in group.models.items()}
-    feats = extract_models(group, images, group_spec(group).with_(image_size=48), batch_size=4, workers=0, device="cpu")
+    feats = extract_models(group, images, group_spec(group, image_size=48), batch_size=4, workers=0, device="cpu")
     # one batch: the whole images, then the region crops, each through one lower trunk per group
     assert (calls["unified"][0], calls["category"][0], calls["other"][0]) == (2, 0, 2)
     for name, model in group.models.items():
@@ -187,3 +187,8 @@ def test_models_expecting_different_inputs_are_not_extracted_together():
     with pytest.raises(ValueError, match="different inputs"):
         group_spec({"a": trained_at_64, "b": MeanColour()})  # the other one carries the default 224
     assert group_spec({"a": trained_at_64}).image_size == 64
+    assert group_spec({"a": trained_at_64, "b": MeanColour()}, image_size=32).image_size == 32  # the caller's size
+    other_norm = MeanColour()
+    other_norm.spec = model_spec(other_norm, mean=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="different inputs"):
+        group_spec({"a": trained_at_64, "b": other_norm}, image_size=32)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fgia.data import read_dataset
-from fgia.features.extract import extract_models
+from fgia.features.extract import extract_models, group_spec
 from fgia.features.pca import l2_normalize
 from fgia.metrics import evaluate_retrieval
 from fgia.models import create_model
@@ -45,8 +45,8 @@ def test_learned_embedding_beats_offtheshelf_gap_on_unseen_car_models(shared_dat
     learned = fit(cfg, train, progress=False).model
     offtheshelf = create_model("plain", num_classes=1, backbone=MODEL["backbone"], weights=MODEL["weights"],
                                frozen_stages=learned.frozen_stages)
-    feats = extract_models({"learned": learned, "gap": offtheshelf}, test.samples, image_size=SIZE, regions=False,
-                           workers=0)
+    models = {"learned": learned, "gap": offtheshelf}
+    feats = extract_models(models, test.samples, group_spec(models, image_size=SIZE, regions=False), workers=0)
     labels = np.array(test.labels)
     leave_one_out = np.arange(len(labels))
     scores = {name: evaluate_retrieval(l2_normalize(f.image), labels, l2_normalize(f.image), labels, ks=(1,),

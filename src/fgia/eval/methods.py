@@ -187,7 +187,7 @@ class MethodEmbedder:
 
     def spec(self, models: Mapping[str, nn.Module]) -> ExtractionSpec:
         """How every method's features are read: whole images at the benchmark's size, the models' normalisation."""
-        return group_spec(models).with_(image_size=self.cfg.image_size, regions=False)
+        return group_spec(models, image_size=self.cfg.image_size, regions=False)
 
     def model_name(self, method: str) -> str:
         """The registered model a trained method trains ("plain" for the metric losses)."""

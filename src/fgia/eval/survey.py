@@ -132,15 +132,18 @@ class SurveyConfig:
 
 
 def _subset(ds: FineGrainedDataset, cfg: SurveyConfig) -> FineGrainedDataset:
-    """The dataset, cut to `max_classes` classes and `max_images_per_class` images each (renumbered)."""
+    """The dataset, cut to `max_classes` classes and `max_images_per_class` images each (renumbered), shared
+    equally between the splits the dataset ships so that a shipped train/test split survives the cut."""
     if cfg.max_classes is None and cfg.max_images_per_class is None:
         return ds
     classes = sorted({s.label for s in ds.samples if s.label >= 0})[: cfg.max_classes]
-    seen: dict[int, int] = {}
+    splits = {s.split for s in ds.samples}
+    limit = None if cfg.max_images_per_class is None else -(-cfg.max_images_per_class // len(splits))
+    seen: dict[tuple[int, str | None], int] = {}
 
     def keep(s) -> bool:
-        seen[s.label] = seen.get(s.label, 0) + 1
-        return cfg.max_images_per_class is None or seen[s.label] <= cfg.max_images_per_class
+        seen[s.label, s.split] = seen.get((s.label, s.split), 0) + 1
+        return limit is None or seen[s.label, s.split] <= limit
 
     return ds.filter(keep).with_classes(classes)
 
@@ -177,7 +180,7 @@ def retrieval_table(train: FineGrainedDataset, test: FineGrainedDataset, cfg: Su
         start = time.perf_counter()
         [emb] = embedder.embed(method, test.samples)
         labels = np.asarray(test.labels)[emb.index]
-        scores = zero_shot_scores(emb.features, labels, cfg.recipe.device)
+        scores = zero_shot_scores(emb.features, labels)
         trained = parse_method(method, cfg.recipe.aliases)[1] is None
         rows.append({"method": method, "dim": int(emb.features.shape[1]),
                      "trainable": "last stage + loss (frozen stages cached)" if trained else "none",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -301,14 +302,15 @@ def extract_from_images(
     return out[SINGLE] if isinstance(models, nn.Module) and not isinstance(models, TrunkGroup) else out
 
 
-def group_spec(models: nn.Module | Mapping[str, nn.Module] | TrunkGroup) -> ExtractionSpec:
-    """The spec the models carry (the first model's; they must agree on input size and normalisation)."""
+def group_spec(models: nn.Module | Mapping[str, nn.Module] | TrunkGroup, **changes: Any) -> ExtractionSpec:
+    """The spec the models carry (the first model's) with `changes`. They must agree on the normalisation, and on
+    the input size unless `changes` sets it."""
     specs = [model_spec(model) for model in as_group(models).models.values()]
-    inputs = {(s.image_size, s.mean, s.std) for s in specs}
+    inputs = {(s.mean, s.std) if "image_size" in changes else (s.image_size, s.mean, s.std) for s in specs}
     if len(inputs) > 1:
-        raise ValueError(f"the models expect different inputs (size, mean, std) {sorted(inputs)}: extract them "
-                         "apart or pass one spec")
-    return specs[0]
+        raise ValueError(f"the models expect different inputs ({'' if 'image_size' in changes else 'size, '}mean, "
+                         f"std) {sorted(inputs)}: extract them apart or pass one spec")
+    return specs[0].with_(**changes)
 
 
 def _resize(spec: ExtractionSpec) -> ResizeWithOriginalSize:

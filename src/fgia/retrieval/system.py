@@ -199,12 +199,11 @@ class SystemConfig:
             return max(1, round(self.top_k_fraction * database_size))
         return self.top_k
 
-    def extraction_spec(self, models: Mapping[str, nn.Module]) -> ExtractionSpec:
+    def extraction_spec(self, models: Mapping[str, nn.Module] | TrunkGroup) -> ExtractionSpec:
         """How the system reads images for AD fitting, indexing and querying: its size and region settings, with
         the normalisation its `models` carry."""
-        return group_spec(models).with_(image_size=self.image_size, regions=self.regions, threshold=self.threshold,
-                                        min_area=self.min_area, region_zoom=self.region_zoom, flip=self.flip,
-                                        region_from=UNIFIED)
+        return group_spec(models, image_size=self.image_size, regions=self.regions, threshold=self.threshold,
+                          min_area=self.min_area, region_zoom=self.region_zoom, flip=self.flip, region_from=UNIFIED)
 
     def model_kwargs(self) -> dict[str, Any]:
         """`create_model("cnnets", num_classes=..., **model_kwargs())` builds the unified model."""
@@ -325,14 +324,16 @@ class System:
     fingerprint: str
     hash_model: nn.Module | None = None
     group: TrunkGroup = field(init=False)
-    spec: ExtractionSpec = field(init=False)
 
     def __post_init__(self) -> None:
         # The hashing model joins the extraction pass (its relaxed codes come out as features[HASH]) but is no
         # fine model.
-        models = {**self.models, **({HASH: self.hash_model} if self.hash_model is not None else {})}
-        self.group = TrunkGroup(models)
-        self.spec = self.config.extraction_spec(models)
+        self.group = TrunkGroup({**self.models, **({HASH: self.hash_model} if self.hash_model is not None else {})})
+
+    @property
+    def spec(self) -> ExtractionSpec:
+        """How the system reads images (from its config, see `SystemConfig.extraction_spec`)."""
+        return self.config.extraction_spec(self.group)
 
     @property
     def fine_models(self) -> list[str]:
