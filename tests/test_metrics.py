@@ -13,6 +13,7 @@ from sklearn.metrics import (
 from fgia.index.torch_flat import query_batches
 from fgia.metrics import (
     average_precision,
+    evaluate_hamming,
     evaluate_rankings,
     evaluate_retrieval,
     mean_average_precision,
@@ -157,3 +158,17 @@ def test_mean_per_class_accuracy():
     assert mean_per_class_accuracy(pred, labels) == pytest.approx(balanced_accuracy_score(labels, pred))
     with pytest.raises(ValueError, match="entries"):
         mean_per_class_accuracy([0, 1], [0])
+
+
+def test_hamming_ranking_map_by_hand():
+    db = np.array([[1, 1, 1, 1], [1, 1, 1, -1], [-1, -1, 1, 1], [1, 1, -1, -1]], dtype=np.float32)
+    db_labels = np.array([0, 1, 0, 1])
+    queries = np.array([[1, 1, 1, 1], [-1, -1, -1, -1]], dtype=np.float32)
+    # query 0: Hamming 0, 1, 2, 2 -> d0, d1, d2, d3 (tie by id); relevant d0 @1, d2 @3: AP = (1 + 2/3) / 2
+    # query 1: Hamming 4, 3, 2, 2 -> d2, d3, d1, d0; relevant d3 @2, d1 @3: AP = (1/2 + 2/3) / 2
+    scores = evaluate_hamming(queries, [0, 1], db, db_labels, ks=(1,))
+    assert scores["mAP"] == pytest.approx(((1 + 2 / 3) / 2 + (1 / 2 + 2 / 3) / 2) / 2)
+    assert scores["R@1"] == pytest.approx(0.5)
+    # {0, 1} bits and real-valued relaxed codes rank the same as their signs
+    again = evaluate_hamming((queries > 0).astype(np.uint8), [0, 1], db * 0.3, db_labels, ks=(1,))
+    assert again["mAP"] == pytest.approx(scores["mAP"])

@@ -43,6 +43,7 @@ console = Console()
 
 DEFAULT_OUT = Path("fgia-out")
 FORCE_HELP = "replace a non-empty output folder (files fgia did not write are kept beside it)"
+SHARED_HELP = "folder with cub100/, stanford_cars/, flowers102_partial/"
 
 
 # ----------------------------------------------------------------------------------------------- datasets
@@ -129,6 +130,7 @@ def train(
     image_size: int | None = typer.Option(None),
     batch_size: int | None = typer.Option(None, help="lower it for a small auxiliary set"),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 ..."),
+    codes: str | None = typer.Option(None, help="also train a hashing model for these code lengths, e.g. 12,24,48"),
     force: bool = typer.Option(False, "--force", help=f"{FORCE_HELP}; indexes built with a replaced system "
                                "stop loading"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or log lines"),
@@ -141,8 +143,9 @@ def train(
     """
     from fgia.retrieval.system import train_system
 
+    hash_bits = [int(b) for b in codes.split(",")] if codes else None
     cfg = _system_config(config, backbone=backbone, weights=weights, epochs=epochs, image_size=image_size,
-                         batch_size=batch_size, device=device)
+                         batch_size=batch_size, device=device, hash_bits=hash_bits)
     auxiliary = _auxiliary_set(data, aux or [], category, config)
     system_dir = train_system(auxiliary, cfg, out, progress=not quiet, force=force)
     console.print(f"system written to {system_dir}")
@@ -206,6 +209,8 @@ def index(
     append: bool = typer.Option(False, "--append", help="add to an existing index built with the same system "
                                 "(images already in it are skipped)"),
     factory: str = typer.Option("Flat", help="FAISS factory string for the coarse index, e.g. Flat, HNSW32"),
+    codes: int | None = typer.Option(None, help="also store BITS-bit binary codes (a system trained with --codes)"),
+    hash_factory: str = typer.Option("BFlat", help="FAISS binary factory for the codes, e.g. BFlat, BIVF256"),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     fmt: str = typer.Option("auto", "--format", help="layout name (`fgia datasets list`); `images` reads class "
                             "folders as plain folders, without labels"),
@@ -216,7 +221,8 @@ def index(
     from fgia.retrieval.engine import build_index
 
     database = read_dataset(data, fmt)
-    result = build_index(system, database, out, append=append, factory=factory, force=force, progress=not quiet)
+    result = build_index(system, database, out, append=append, factory=factory, force=force, progress=not quiet,
+                         codes=codes, hash_factory=hash_factory)
     labelled = sum(s.label >= 0 for s in database.samples)
     console.print(f"index {result.index_dir}: added {result.added} images ({result.skipped} unreadable, "
                   f"{result.duplicates} already indexed skipped), {result.total} in total; "
@@ -243,7 +249,8 @@ def search(
     index_dir: Path = typer.Argument(..., help="index folder written by `fgia index`"),
     images: list[Path] = typer.Argument(..., help="query image(s)"),
     top_k: int = typer.Option(10, help="results per query"),
-    pipeline: str = typer.Option("c2f", help="c2f (coarse-to-fine), c2f-image, c2f-unified, or single"),
+    pipeline: str = typer.Option("c2f", help="c2f (coarse-to-fine), c2f-image, c2f-unified, coarse, coarse-full, "
+                                 "unified, hash or c2f-hash (an index built with --codes)"),
     qe: bool = typer.Option(False, "--qe", help="query expansion"),
     json_out: Path | None = typer.Option(None, "--json", help="write the ranked lists as JSON here (a symlink is "
                                          "written through, a FIFO written to)"),
@@ -275,13 +282,22 @@ def search(
 @app.command("eval")
 def evaluate(
     task: str = typer.Option("osfgir", help="osfgir (the full protocol), classify, or fewshot"),
-    config: Path | None = typer.Option(None, help="OsfgirConfig YAML (osfgir task)"),
+    config: Path | None = typer.Option(None, help="OsfgirConfig YAML (osfgir task), FewShotBenchConfig YAML (fewshot "
+                                       "task without --model)"),
     data: Path | None = typer.Option(None, help="dataset folder/manifest (default: the synthetic benchmark)"),
-    model: Path | None = typer.Option(None, help="model folder (classify and fewshot tasks)"),
+    model: Path | None = typer.Option(None, help="model folder (classify task; fewshot task: evaluate this model's "
+                                      "embedding instead of meta-training)"),
     out: Path = typer.Option(DEFAULT_OUT / "eval", help="report folder"),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Run an evaluation protocol and write a Markdown + JSON report."""
+    if task == "fewshot" and model is None:
+        if data is None:
+            raise typer.BadParameter("--task fewshot needs --data")
+        from fgia.eval.fewshot import run_fewshot_eval
+
+        run_fewshot_eval(data, out, config, force=force)
+        return
     if task in ("classify", "fewshot"):
         if model is None or data is None:
             raise typer.BadParameter(f"--task {task} needs --model and --data")
@@ -405,6 +421,54 @@ def explain(
                                         f"{histogram.name}", image_size=image_size, device=device)
     means = ", ".join(f"{name} {head['mean']:.4f}" for name, head in counts["heads"].items())
     console.print(f"{out}: mean map std {means}")
+
+
+@bench_app.command("hashing")
+def bench_hashing(
+    shared: Path = typer.Option(Path("../shared/data"), help=SHARED_HELP),
+    config: Path | None = typer.Option(None, help="HashingBenchConfig YAML (default: the issue's setting)"),
+    quick: bool = typer.Option(False, "--quick", help="10 images per class, one epoch: a few minutes"),
+    results: Path = typer.Option(Path("benchmarks/results"), help="where hashing_<device>.json / .md go"),
+    cache_dir: Path = typer.Option(DEFAULT_OUT / "trunk-cache", help="lower-trunk cache, shared with other benches"),
+) -> None:
+    """Learned binary codes (A2-Net-style, DPSH) vs LSH, ITQ and the real-valued embedding, 12-48 bits."""
+    from fgia.eval.hashing import HashingBenchConfig, run_hashing_bench
+
+    cfg = _bench_config(HashingBenchConfig, config, cache_dir,
+                        {"max_images_per_class": 10, "hash_epochs": 1} if quick else None)
+    run_hashing_bench(shared, cfg, results, name="hashing_quick" if quick else "hashing", progress=True)
+
+
+@bench_app.command("fewshot")
+def bench_fewshot(
+    shared: Path = typer.Option(Path("../shared/data"), help=SHARED_HELP),
+    config: Path | None = typer.Option(None, help="FewShotBenchConfig YAML (default: the issue's setting)"),
+    quick: bool = typer.Option(False, "--quick", help="20 images per class, short training, 100 episodes"),
+    results: Path = typer.Option(Path("benchmarks/results"), help="where fewshot_<device>.json / .md go"),
+    cache_dir: Path = typer.Option(DEFAULT_OUT / "trunk-cache", help="lower-trunk cache, shared with other benches"),
+) -> None:
+    """Meta-trained few-shot (prototypical, bilinear) vs nearest centroid on frozen and fine-tuned features."""
+    from fgia.eval.fewshot import FewShotBenchConfig, run_fewshot_bench
+
+    cfg = _bench_config(FewShotBenchConfig, config, cache_dir, {"max_images_per_class": 20, "episodes": 100} if quick
+                        else None)
+    if quick:
+        cfg.meta.episodes = min(cfg.meta.episodes, 20)
+    run_fewshot_bench(shared, cfg, results, name="fewshot_quick" if quick else "fewshot", progress=True)
+
+
+def _bench_config(cls, path: Path | None, cache_dir: Path, quick: dict | None):
+    """A bench config from YAML (or the defaults) with the lower-trunk cache in `cache_dir`; `quick`: the options
+    of the few-minute version (the recipe then trains one epoch)."""
+    from dataclasses import replace
+
+    from fgia.config import load_yaml
+
+    cfg = load_yaml(cls, path) if path is not None else cls()
+    cfg = replace(cfg, recipe=replace(cfg.recipe, cache_dir=cache_dir))
+    if quick is not None:
+        cfg = replace(cfg, recipe=replace(cfg.recipe, epochs=1), **quick)
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------------- demo

@@ -278,3 +278,23 @@ def mean_per_class_accuracy(pred: Any, labels: Any) -> float:
     correct = np.bincount(y[p == y], minlength=len(totals))
     present = totals > 0
     return float((correct[present] / totals[present]).mean())
+
+
+def evaluate_hamming(
+    query_codes: Any,
+    query_labels: Any,
+    db_codes: Any,
+    db_labels: Any,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    exclude_ids: Any = None,
+    empty_queries: EmptyQueries = "exclude",
+) -> dict[str, Any]:
+    """Hamming ranking of the whole database for every query and its `ranking_metrics` (hashing mAP).
+
+    Codes are binarised by sign (> 0 is a 1 bit; +-1 codes pass unchanged); ties in Hamming distance are broken by
+    database id, as in `evaluate_retrieval`. Between +-1 codes the squared Euclidean distance is 4 x the Hamming
+    distance, so this is `evaluate_retrieval` on the +-1 codes (exact: small integers in float32).
+    """
+    q, db = (np.where(_as_numpy(codes) > 0, 1.0, -1.0).astype(np.float32) for codes in (query_codes, db_codes))
+    return evaluate_retrieval(q, query_labels, db, db_labels, ks=ks, exclude_ids=exclude_ids,
+                              empty_queries=empty_queries)

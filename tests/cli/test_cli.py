@@ -80,6 +80,9 @@ def test_console_script_is_installed():
     assert result.returncode == 0
     for command in ("datasets", "synth", "train", "index", "search", "eval", "serve", "bench", "demo"):
         assert command in result.stdout
+    result = subprocess.run([sys.executable, "-m", "fgia.cli", "bench", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert all(name in result.stdout for name in ("methods", "real", "hashing", "fewshot"))
 
 
 def test_train_index_search_round_trip(tiny_synth, tmp_path, monkeypatch, capsys):
@@ -93,10 +96,10 @@ def test_train_index_search_round_trip(tiny_synth, tmp_path, monkeypatch, capsys
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"system": tiny}))
     code, out, err = run_cli(monkeypatch, capsys, "train", str(tiny_synth), "--out", str(tmp_path / "system"),
-                             "--config", str(config))
+                             "--config", str(config), "--codes", "16,32")
     assert code == 0, err
     code, out, err = run_cli(monkeypatch, capsys, "index", str(tmp_path / "system"), str(tiny_synth),
-                             "--out", str(tmp_path / "index"))
+                             "--out", str(tmp_path / "index"), "--codes", "32")
     assert code == 0, err
     n_images = len(read_dataset(tiny_synth))
     assert f"{n_images} in total" in out
@@ -109,6 +112,11 @@ def test_train_index_search_round_trip(tiny_synth, tmp_path, monkeypatch, capsys
     assert hits[0]["query"] == str(query)
     assert hits[0]["paths"][0] == str(query)  # an indexed image finds itself first
     assert hits[0]["distances"][0] == pytest.approx(0.0, abs=1e-4)
+    # the 32-bit codes' Hamming search picks the candidates that the fine stage re-ranks
+    code, out, err = run_cli(monkeypatch, capsys, "search", str(tmp_path / "index"), str(query), "--top-k", "3",
+                             "--pipeline", "c2f-hash", "--json", str(tmp_path / "hash.json"), "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((tmp_path / "hash.json").read_text())[0]["paths"][0] == str(query)
 
     code, _, err = run_cli(monkeypatch, capsys, "index", str(tmp_path / "system"), str(tiny_synth),
                            "--out", str(tmp_path / "index"), "--append")

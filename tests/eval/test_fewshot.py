@@ -84,3 +84,75 @@ def test_few_shot_checkpoint_on_novel_species(tiny_synth, tmp_path):
     with pytest.raises(ValueError, match="needs 3 classes with >= 13"):
         few_shot_checkpoint(tmp_path, tiny_synth, FewShotConfig(n_way=3, n_query=8, episodes=2, image_size=32,
                                                                 device="cpu"), shots=(5,))
+
+
+def test_accuracy_and_ci95_recomputed_by_hand():
+    from scipy import stats
+
+    from fgia.train.episodic import EpisodeSampler
+
+    x, y = _clustered(classes=6, per_class=8, spread=1.4, seed=7)
+    mean, ci = few_shot_episodes(x, y, n_way=3, k_shot=2, n_query=3, episodes=40, seed=11)
+    # the same episodes, classified by brute force: nearest mean of L2-normalised support features
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sampler, accuracies = EpisodeSampler(y, 3, 2, 3, seed=11), []
+    for _ in range(40):
+        support, query = sampler.sample()
+        prototypes = unit[support].mean(axis=1)
+        correct = [np.argmin([np.sum((unit[q] - p) ** 2) for p in prototypes]) == c
+                   for c, row in enumerate(query) for q in row]
+        accuracies.append(np.mean(correct))
+    assert mean == pytest.approx(np.mean(accuracies))
+    assert ci == pytest.approx(stats.t.ppf(0.975, 39) * np.std(accuracies, ddof=1) / np.sqrt(40))
+
+
+def test_target_is_the_smallest_margin_in_half_widths():
+    from fgia.eval.fewshot import FewShotBenchConfig, FewShotRow, fewshot_targets
+
+    def row(dataset, method, accuracy, ci, episode="5-way 5-shot"):
+        return FewShotRow(dataset, method, episode, 5, 5, accuracy, ci, 600)
+
+    rows = [row("a", "nc-offtheshelf", 0.70, 0.010), row("a", "protonet", 0.75, 0.008),
+            row("b", "nc-offtheshelf", 0.90, 0.005), row("b", "protonet", 0.91, 0.004),
+            row("b", "protonet", 0.99, 0.001, episode="5-way 1-shot")]
+    target = fewshot_targets(rows, FewShotBenchConfig())["min_margin_over_ci"]
+    assert target["per_dataset"] == {"a": 5.0, "b": 2.0}  # (0.75-0.70)/0.010, (0.91-0.90)/0.005
+    assert target["value"] == 2.0 and target["met"] and target["threshold"] == 1.0
+
+
+def test_bench_and_eval_command_on_a_tiny_set(tiny_synth, tmp_path):
+    import json
+
+    import yaml
+
+    from fgia.cli import app
+    from fgia.config import to_dict
+    from fgia.data import read_dataset
+    from fgia.eval.fewshot import FewShotBenchConfig, bench_fewshot
+    from fgia.eval.realdata import Recipe
+    from fgia.train.episodic import EpisodicConfig
+
+    cfg = FewShotBenchConfig(n_query=2, episodes=10, ways=(3, 0), target_episode="3-way 5-shot",
+                             meta=EpisodicConfig(n_way=3, k_shot=2, n_query=2, episodes=3, warmup_episodes=1,
+                                                 device="cpu"),
+                             method_options={"protonet": {"pooling": "gap"},
+                                             "protonet-bilinear": {"pooling": "bilinear", "reduce_dim": 4}},
+                             recipe=Recipe(backbone="test_efficientnet", weights=None, image_size=48, epochs=1,
+                                           batch_size=8, device="cpu"))
+    payload = bench_fewshot({"tiny": read_dataset(tiny_synth)}, cfg, log=lambda line: None)
+    rows = payload["rows"]
+    assert len(rows) == 4 * 2 * 2  # methods x ways x shots
+    all_way = [r for r in rows if r["episode"] == "all-way 5-shot"]
+    assert all(r["ways"] == 6 for r in all_way)  # the 6 unseen species all have 8 >= 5 + 2 images
+    assert all(0 <= r["accuracy"] <= 1 and r["ci95"] >= 0 for r in rows)
+    assert set(payload["targets"]) == {"min_margin_over_ci"}
+
+    (tmp_path / "fs.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    app(["eval", "--task", "fewshot", "--data", str(tiny_synth), "--config", str(tmp_path / "fs.yaml"),
+         "--out", str(tmp_path / "out")], standalone_mode=False)
+    report = json.loads((tmp_path / "out" / "fewshot.json").read_text())
+    def numbers(rs):
+        return [(r["method"], r["episode"], r["accuracy"], r["ci95"]) for r in rs]
+
+    assert numbers(report["rows"]) == numbers(rows)  # the same seeds: the same numbers
+    assert (tmp_path / "out" / "models" / "manifest" / "protonet" / "model.yaml").is_file()

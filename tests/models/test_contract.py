@@ -24,11 +24,14 @@ from fgia.models.frozen import FrozenLowerTrunk
 
 NUM_CLASSES = 4
 SMALL = {"bilinear": {"reduce_dim": 16}, "compact_bilinear": {"dim": 256}}  # keep the encoders quick
+# Models without a classifier (no num_classes): the episodic few-shot embedding, meta-trained on prototypes.
+CLASS_FREE = {"protonet"}
 
 
 def _build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return create_model(name, num_classes=NUM_CLASSES, backbone="test_resnet", **SMALL.get(name, {}))
+    classes = {} if name in CLASS_FREE else {"num_classes": NUM_CLASSES}
+    return create_model(name, backbone="test_resnet", **classes, **SMALL.get(name, {}))
 
 
 @pytest.fixture(params=list_models())
@@ -37,7 +40,8 @@ def name(request) -> str:
 
 
 def test_every_model_is_checked():
-    assert {"cnnets", "plain", "bilinear", "compact_bilinear", "attention_crop"} <= set(list_models())
+    assert {"cnnets", "plain", "bilinear", "compact_bilinear", "attention_crop", "a2net_hash", "deep_hash",
+            "protonet"} <= set(list_models())
 
 
 def test_forward_gives_a_model_output_of_the_declared_sizes(name):

@@ -26,7 +26,9 @@ TINY_SYSTEM = SystemConfig(
     classifier_dims=(2, 4, 0),
     selection=SelectionConfig(validation_fraction=0.0),
     device="cpu",
+    hash_bits=(16, 64),
 )
+CODES = 64  # the index stores the 64-bit codes
 
 
 @dataclass
@@ -46,5 +48,5 @@ def built(tiny_synth, tmp_path_factory) -> Built:
     out = tmp_path_factory.mktemp("osfgir_system")
     split = tiny_split(tiny_synth)
     system_dir = train_system(split.auxiliary, TINY_SYSTEM, out / "system", progress=False)
-    build_index(system_dir, split.database, out / "index", device="cpu")
+    build_index(system_dir, split.database, out / "index", device="cpu", codes=CODES)
     return Built(split, system_dir, out / "index")

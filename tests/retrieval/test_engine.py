@@ -28,7 +28,7 @@ def test_index_holds_every_stage_for_every_database_image(built, engine):
     stats = engine.stats()
     assert stats["images"] == len(engine) == n
     assert stats["labelled"] == sum(s.label >= 0 for s in built.split.database.samples)
-    names = {"coarse", "unified", "box", "fine/unified"} | {f"fine/{c}" for c in stats["categories"]}
+    names = {"coarse", "unified", "box", "fine/unified", "codes/64"} | {f"fine/{c}" for c in stats["categories"]}
     assert set(stats["dims"]) == names  # category models: a fine feature under each of them too
     assert stats["dims"]["coarse"] == 4 and stats["dims"]["fine/unified"] == 16  # [8-d image, 8-d region]
     assert set(engine.system.models) == {"unified", "offtheshelf", *stats["categories"]}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fgia.retrieval.system import (
+    HASH,
     CoarseClassifier,
     SystemConfig,
     coarse_accuracy_table,
@@ -62,7 +63,8 @@ def test_saved_system_loads_with_everything(built):
     assert set(system.models) == {"unified", "offtheshelf", *system.categories}
     assert system.fine_models == ["unified", *system.categories]
     assert system.fine_dim == 16 and system.coarse_pca.n_components == 4
-    assert system.group.groups == [list(system.models)]  # one frozen lower trunk shared by every model
+    # one frozen lower trunk shared by every model, the hashing model too
+    assert system.group.groups == [[*system.models, HASH]]
     emb, cats = load_aux_embeddings(built.system_dir)
     assert len(emb) == len(cats) == len(built.split.auxiliary)
     assert load_system(built.system_dir).fingerprint == system.fingerprint

@@ -120,7 +120,7 @@ def real_index(tiny_synth, tmp_path_factory):
     split = build_osfgir_split(by_category, queries_per_class=1)
     out = tmp_path_factory.mktemp("serve_index")
     cfg = SystemConfig(backbone="test_resnet", epochs=1, batch_size=16, head_dim=64, part_dim=16, coarse_dim=8,
-                       top_k=20, device="cpu")
+                       top_k=20, device="cpu", hash_bits=(64,))
     train_system(split.auxiliary, cfg, out / "system", progress=False)
-    build_index(out / "system", split.database, out / "index", device="cpu")
+    build_index(out / "system", split.database, out / "index", device="cpu", codes=64)
     return out / "index", split.database

@@ -4,8 +4,10 @@
 * "IVF4096,PQ32,RFlat": inverted lists + product quantisation, candidates re-ranked exactly (`IndexRefineFlat`);
   search-time knobs via FAISS parameter strings, e.g. `search_params="nprobe=64,k_factor_rf=4"`.
 * "HNSW32": graph index (`efSearch=128`).
-* "BFlat" (and other "B..." binary factories): Hamming search over bit codes; float vectors are binarised by
-  sign, uint8 arrays are taken as packed codes. Distances are Hamming distances.
+* "BFlat", "BIVF256", "BHNSW32" (any "B..." binary factory): Hamming search over bit codes (`dim` counts bits;
+  a length that is not a multiple of 8 is padded with zero bits); float vectors are binarised by sign (> 0 is 1),
+  uint8 arrays are taken as packed codes. Distances are Hamming distances. "BIVF" needs `train`; its search-time
+  knob is `nprobe` (`search_params="nprobe=16"`), "BHNSW"'s `efSearch`.
 
 Ids are insertion positions (0..len-1); searches return -1 ids (and inf distances) where fewer than k exist.
 A saved index is one file: a magic tag, a JSON header (dim, config, kind) and the FAISS or raw-vector payload.
@@ -190,6 +192,14 @@ class _FaissBacked(VectorIndex):
         except RuntimeError as e:
             raise ValueError(f"training {self.factory!r} on {len(x)} vectors failed: {e}") from None
 
+    def set_search_params(self, params: str) -> None:
+        if params:
+            try:
+                faiss.ParameterSpace().set_index_parameters(self.index, params)
+            except RuntimeError as e:
+                raise ValueError(f"invalid search parameters {params!r} for {self.factory!r}: {e}") from None
+        self.config = replace(self.config, search_params=params)
+
     def _add(self, x: np.ndarray) -> None:
         self.index.add(x)
 
@@ -220,14 +230,6 @@ class FaissIndex(_FaissBacked):
     _write_index = staticmethod(faiss.write_index)
     _read_index = staticmethod(faiss.read_index)
 
-    def set_search_params(self, params: str) -> None:
-        if params:
-            try:
-                faiss.ParameterSpace().set_index_parameters(self.index, params)
-            except RuntimeError as e:
-                raise ValueError(f"invalid search parameters {params!r} for {self.factory!r}: {e}") from None
-        self.config = replace(self.config, search_params=params)
-
 
 class BinaryIndex(_FaissBacked):
     """Bit codes in a FAISS binary index ("BFlat", ...); `dim` counts bits and distances are Hamming."""
@@ -236,16 +238,28 @@ class BinaryIndex(_FaissBacked):
     _write_index = staticmethod(faiss.write_index_binary)
     _read_index = staticmethod(faiss.read_index_binary)
 
+    @property
+    def code_bytes(self) -> int:
+        """Bytes per stored code (the bits rounded up to whole bytes)."""
+        return code_bytes(self.dim)
+
     def _vectors(self, x: Any, what: str) -> np.ndarray:
         x = np.asarray(x)
-        if x.ndim == 2 and x.dtype == np.uint8 and x.shape[1] == self.dim // 8:
+        if x.ndim == 2 and x.dtype == np.uint8 and x.shape[1] == self.code_bytes:
             return np.ascontiguousarray(x)
         if x.ndim == 2 and np.issubdtype(x.dtype, np.floating) and x.shape[1] == self.dim:
-            return np.packbits(x > 0, axis=1)
+            if not np.isfinite(x).all():
+                raise ValueError(f"{what} contain NaN or infinite values")
+            return np.packbits(x > 0, axis=1)  # the padding bits are 0 in every code: Hamming distances unchanged
         raise ValueError(
             f"{what} for a {self.dim}-bit binary index must be float (n, {self.dim}) vectors (binarised by sign) "
-            f"or uint8 (n, {self.dim // 8}) packed codes, got {x.dtype} {x.shape}"
+            f"or uint8 (n, {self.code_bytes}) packed codes, got {x.dtype} {x.shape}"
         )
+
+
+def code_bytes(bits: int) -> int:
+    """Bytes of a packed `bits`-bit code."""
+    return -(-int(bits) // 8)
 
 
 class TorchIndex(VectorIndex):
@@ -295,9 +309,7 @@ def create_index(
             raise ValueError(f"the torch backend does exact search only (factory 'Flat'), got {factory!r}")
         index: VectorIndex = TorchIndex(dim, config)
     elif factory.startswith("B"):
-        if dim % 8:
-            raise ValueError(f"binary indexes need a number of bits divisible by 8, got dim={dim}")
-        index = BinaryIndex(dim, config, _build(faiss.index_binary_factory, dim, factory))
+        index = BinaryIndex(dim, config, _build(faiss.index_binary_factory, 8 * code_bytes(dim), factory))
     else:
         index = FaissIndex(dim, config, _build(faiss.index_factory, dim, factory))
         _no_polysemous_training(index.index)

@@ -1,7 +1,7 @@
 """Models: registry, timm/torchvision backbones and their weights, CN-Nets, the plain baseline, checkpoints."""
 
 # Importing the model modules registers their builders, so `create_model` / `load_model` know every name.
-from fgia.models import attention, cnnets, encoders, plain  # noqa: F401
+from fgia.models import attention, cnnets, encoders, fewshot, hashing, plain  # noqa: F401
 from fgia.models.backbones import Trunk, WeightsError, create_network, create_trunk
 from fgia.models.checkpoint import load_model, save_model
 from fgia.models.output import ModelOutput

@@ -10,6 +10,9 @@ pass of the system's models:
     fine/<name>   [image, region] fine feature under "unified" and, with category models, under EVERY category
                   model, so whichever model a query is routed to can re-rank any candidate
     box           the discriminative region (x1, y1, x2, y2, original pixels) of the unified model
+    codes/<bits>  with `codes` (a system trained with `hash_bits`): the hashing model's binary code (+-1), with a
+                  FAISS binary index ("BFlat", "BIVF...") for Hamming search: the "hash" pipeline, or "c2f-hash",
+                  where it replaces the coarse stage of coarse-to-fine; the store attribute "codes" holds the bits
 
 and, in its metadata row, the route: the meta-category the coarse classifier predicts for the image (index into
 categories); the fine stage ranks candidates routed like the query before the others. The engine reads a store
@@ -40,6 +43,7 @@ from PIL import Image
 
 from fgia.data.images import ImageLoadError, load_image
 from fgia.data.samples import FineGrainedDataset, Sample
+from fgia.features.binary import binarize
 from fgia.features.extract import FeatureSet
 from fgia.features.pca import l2_normalize
 from fgia.index import (
@@ -53,7 +57,7 @@ from fgia.index import (
 )
 from fgia.index.store import MANIFEST
 from fgia.retrieval.search import Ranking, average_query_expansion, knn, rerank
-from fgia.retrieval.system import SYSTEM_FILE, System, load_system
+from fgia.retrieval.system import HASH, SYSTEM_FILE, System, load_system
 from fgia.runtime import OUTPUT_MARKER, clear_folder, output_folder, output_kind
 from fgia.train import UNIFIED
 
@@ -70,6 +74,8 @@ class Pipeline(str, Enum):
     C2F_IMAGE = "c2f-image"  # coarse-to-fine with the whole-image part of the routed model's fine feature
     C2F_UNIFIED = "c2f-unified"  # coarse-to-fine with the unified model's fine feature
     C2F = "c2f"  # coarse-to-fine with the routed (category-specific) model's fine feature: the system's pipeline
+    HASH = "hash"  # the binary code, one Hamming search over the whole database (an index built with codes)
+    C2F_HASH = "c2f-hash"  # coarse-to-fine whose candidates are the Hamming search's top-K, re-ranked like c2f
 
     @property
     def is_c2f(self) -> bool:
@@ -90,6 +96,14 @@ PIPELINES = tuple(p.value for p in Pipeline)
 def fine_name(model: str) -> str:
     """Store array holding the fine features of `model` ("unified" or a meta-category)."""
     return f"fine/{model}"
+
+
+CODES_PREFIX = "codes/"
+
+
+def codes_name(bits: int) -> str:
+    """Store array holding the `bits`-bit binary codes."""
+    return f"{CODES_PREFIX}{bits}"
 
 
 @dataclass
@@ -130,6 +144,7 @@ class ImageFeatures:
     index: np.ndarray | None = None
     boxes: np.ndarray | None = None
     maps: np.ndarray | None = None
+    codes: np.ndarray | None = None  # the hashing model's relaxed codes of every length (its embedding)
 
     def __len__(self) -> int:
         return len(self.coarse)
@@ -154,7 +169,22 @@ def stage_features(system: System, feats: dict[str, FeatureSet]) -> ImageFeature
         index=unified.index,
         boxes=unified.boxes,
         maps=unified.maps,
+        codes=feats[HASH].image if HASH in feats else None,
     )
+
+
+def code_slice(system: System, bits: int) -> slice:
+    """Where the `bits`-bit code lies in the system's hashing model's relaxed codes (an error when it has none)."""
+    model = system.hash_model
+    if model is None or bits not in model.code_slices:
+        have = list(model.code_slices) if model is not None else "none (train the system with hash_bits)"
+        raise ValueError(f"the system has no {bits}-bit hashing model; its code lengths: {have}")
+    return model.code_slices[bits]
+
+
+def binary_codes(system: System, relaxed: np.ndarray, bits: int) -> np.ndarray:
+    """The +-1 `bits`-bit codes within a hashing model's relaxed codes of every length."""
+    return binarize(relaxed[:, code_slice(system, bits)])
 
 
 @dataclass
@@ -179,6 +209,8 @@ def build_index(
     chunk_size: int = 4096,
     force: bool = False,
     progress: bool = False,
+    codes: int | None = None,
+    hash_factory: str = "BFlat",
 ) -> BuildResult:
     """Extract and store every stage's features of `database` (see the module docstring).
 
@@ -187,7 +219,9 @@ def build_index(
     empty is refused (an index too: use `append`) unless `force`, which replaces it when the new one is
     complete. `append=True` adds to an existing index built by the same system; images already in it (same
     path or same content) are skipped and counted. Unreadable images are skipped and counted. Each chunk of
-    `chunk_size` images is committed (with the class names it uses) as one generation of the store.
+    `chunk_size` images is committed (with the class names it uses) as one generation of the store. `codes`: also
+    store the system's `codes`-bit binary codes with a `hash_factory` binary index (an appended index keeps the
+    code length it was built with).
     """
     if not len(database):
         raise ValueError(f"database {database.name!r} has no images to index")
@@ -198,29 +232,39 @@ def build_index(
             raise FileNotFoundError(f"{out} holds no index to append to; build one first (without --append)")
         store = FeatureStore.open(out, device=device)
         _check_system(store, system, out)
+        held = store.attributes.get("codes")
+        if codes and codes != held:
+            raise IndexMismatchError(f"index {out} holds {f'{held}-bit' if held else 'no'} binary codes, not "
+                                     f"{codes}-bit ones")
         return _add(system, store, database, chunk_size, progress)
     with output_folder(out, INDEX_KIND, force=force, replace_own=False, manifests=[MANIFEST], resume=True) as stage:
-        store = _resumable(stage, system, factory, device)
+        indexes = {"coarse": factory}
+        dims = {"coarse": system.coarse_pca.n_components, "unified": system.models[UNIFIED].embedding_dim,
+                "box": 4}
+        dims |= {fine_name(n): system.fine_dim for n in system.fine_models}
+        if codes:
+            code_slice(system, codes)  # fail before extracting anything
+            dims[codes_name(codes)], indexes[codes_name(codes)] = codes, hash_factory
+        store = _resumable(stage, system, indexes, device)
         if store is None:
-            dims = {"coarse": system.coarse_pca.n_components, "unified": system.models[UNIFIED].embedding_dim,
-                    "box": 4}
-            dims |= {fine_name(n): system.fine_dim for n in system.fine_models}
-            store = FeatureStore.create(stage, _fingerprint(system), dims, indexes={"coarse": factory}, device=device,
+            store = FeatureStore.create(stage, _fingerprint(system), dims, indexes=indexes, device=device,
                                         attributes={"classes": [], "system": _system_location(system, stage),
-                                                    "system_files": system.files})
+                                                    "system_files": system.files, "codes": codes})
         result = _add(system, store, database, chunk_size, progress)
         if not len(store):
             raise ValueError(_none_readable(database))
     return replace(result, index_dir=out)
 
 
-def _resumable(stage: Path, system: System, factory: str, device: str) -> FeatureStore | None:
-    """The store a killed build of the same index left in `stage`, when it can go on; else None (and `stage` is
-    emptied: everything in it is what that build wrote)."""
+def _resumable(stage: Path, system: System, indexes: dict[str, str], device: str) -> FeatureStore | None:
+    """The store a killed build of the same index (same index factories, same binary codes) left in `stage`, when
+    it can go on; else None (and `stage` is emptied: everything in it is what that build wrote)."""
     if (stage / MANIFEST).is_file():
         try:
             store = FeatureStore.open(stage, expected_fingerprint=_fingerprint(system), device=device)
-            if store.manifest["arrays"]["coarse"]["index"]["factory"] == factory:
+            built = {name: entry["index"]["factory"] for name, entry in store.manifest["arrays"].items()
+                     if entry["index"] is not None}
+            if built == indexes:
                 return store
         except (CorruptIndexError, IndexMismatchError, ValueError, KeyError):
             pass
@@ -253,7 +297,8 @@ def _add(system: System, store: FeatureStore, database: FineGrainedDataset, chun
             digests.append(digest)
         if not samples:
             continue
-        rows, arrays, n_skipped = _database_features(system, samples, database.classes, classes, progress)
+        rows, arrays, n_skipped = _database_features(system, samples, database.classes, classes, progress,
+                                                     store.attributes.get("codes"))
         skipped += n_skipped
         if rows:
             digest_of = {_relative(s.path, base): d for s, d in zip(samples, digests)}
@@ -318,12 +363,16 @@ def _check_system(store: FeatureStore, system: System, index_dir: Path) -> None:
 
 
 def _database_features(
-    system: System, samples: Sequence[Sample], source_classes: list[str], classes: list[str], progress: bool
+    system: System, samples: Sequence[Sample], source_classes: list[str], classes: list[str], progress: bool,
+    codes: int | None = None,
 ) -> tuple[list[StoreRow], dict[str, np.ndarray], int]:
-    """Rows and arrays for the readable `samples`; extends `classes` with new class names (in place)."""
+    """Rows and arrays for the readable `samples` (with `codes`-bit codes when given); extends `classes` with new
+    class names (in place)."""
     f = image_features(system, samples, progress=progress)
     boxes = f.boxes if f.boxes is not None else np.zeros((len(f), 4), np.float32)
     arrays = {"coarse": f.coarse, "unified": f.unified, "box": boxes, **f.fine}
+    if codes:
+        arrays[codes_name(codes)] = binary_codes(system, f.codes, codes)
     position = {name: i for i, name in enumerate(classes)}
     rows = []
     for i in f.index:
@@ -361,6 +410,7 @@ class RetrievalEngine:
         self.rows = store.rows()
         self.routes = store.routes()
         self.top_k = system.config.resolve_top_k(len(store))
+        self.code_bits: int | None = store.attributes.get("codes")
         # Paths are relative to the index; where it was built is the fallback for an index moved on its own.
         directory = getattr(store, "directory", None)
         self._bases = [*([Path(directory).resolve()] if directory else []),
@@ -368,10 +418,17 @@ class RetrievalEngine:
 
     @classmethod
     def from_arrays(cls, system: System, rows: Sequence[StoreRow], arrays: dict[str, np.ndarray],
-                    classes: list[str], factory: str = "Flat", device: str = "auto") -> RetrievalEngine:
+                    classes: list[str], factory: str = "Flat", device: str = "auto",
+                    hash_factory: str = "BFlat") -> RetrievalEngine:
         """An engine over in-memory arrays (named as in a built index, see the module docstring), e.g. features
-        computed elsewhere or a benchmark's synthetic database."""
-        return cls(system, MemoryStore(rows, arrays, indexes={"coarse": factory}, device=device), classes)
+        computed elsewhere or a benchmark's synthetic database; a "codes/<bits>" array gets a `hash_factory`
+        binary index."""
+        codes = [name for name in arrays if name.startswith(CODES_PREFIX)]
+        if len(codes) > 1:
+            raise ValueError(f"an index holds one code length, got arrays {codes}")
+        indexes = {"coarse": factory} | {name: hash_factory for name in codes}
+        attributes = {"codes": arrays[codes[0]].shape[1]} if codes else {}
+        return cls(system, MemoryStore(rows, arrays, indexes=indexes, device=device, attributes=attributes), classes)
 
     @classmethod
     def load(
@@ -421,6 +478,7 @@ class RetrievalEngine:
             "image_size": cfg.image_size,
             "dims": self.store.dims,
             "factory": self.store.index("coarse").factory,
+            "codes": self.code_bits,
             "top_k": self.top_k,
             "query_expansion": cfg.qe_top,
             "system": self.system.path.name,
@@ -450,9 +508,10 @@ class RetrievalEngine:
              top_k: int | None = None, full: bool = False, timer: StageTimer | None = None) -> Ranking:
         """Rankings of a batch of queries with one pipeline (query expansion with the system's `qe_top` hits).
 
-        Single-stage pipelines search the whole database exactly; c2f pipelines re-rank the coarse stage's K
+        Single-stage pipelines search the whole database exactly ("hash" by Hamming distance in the binary code
+        index); c2f pipelines re-rank the coarse stage's (for "c2f-hash" the Hamming search's) K
         candidates (K = `top_k` or the system's), those routed like the query first. With `full`, every ranking
-        covers the whole database: c2f appends the images outside the candidates in coarse order (what mAP over
+        covers the whole database: c2f appends the images outside the candidates in first-stage order (what mAP over
         the whole database needs). `timer` accumulates the coarse and fine search times."""
         pipeline = Pipeline.parse(pipeline)
         timer = timer or StageTimer()
@@ -460,6 +519,15 @@ class RetrievalEngine:
         if query_expansion and not qe_top:
             raise ValueError("query expansion needs the system's qe_top >= 1")
         k = len(self) if full else top_k or self.top_k
+        if pipeline is Pipeline.HASH:
+            query, name = self._first_stage(qf, pipeline)
+            with timer("coarse_search"):
+                ranking = self._first_search(query, name, k)
+                if qe_top:
+                    hits = ranking.ids[:, :qe_top]
+                    expanded = average_query_expansion(query, self.store.fetch(name, hits), hits >= 0)
+                    ranking = self._first_search(expanded, name, k)
+            return ranking
         if not pipeline.is_c2f:
             query, database = self._single_stage(qf, pipeline)
             with timer("coarse_search"):
@@ -469,15 +537,34 @@ class RetrievalEngine:
                     ranking = knn(average_query_expansion(query, database[np.maximum(hits, 0)], hits >= 0), database, k)
             return ranking
         k_coarse = top_k or self.top_k
+        first, name = self._first_stage(qf, pipeline)
         query = self._fine_query(qf, pipeline)
-        ranking = self._c2f(qf.coarse, query, pipeline, qf.route, k_coarse, full, timer)
+        ranking = self._c2f(first, name, query, pipeline, qf.route, k_coarse, full, timer)
         if qe_top:
             hits = ranking.ids[:, :qe_top]
             with timer("fine_search"):
-                coarse = average_query_expansion(qf.coarse, self.store.fetch("coarse", hits), hits >= 0)
+                first = average_query_expansion(first, self.store.fetch(name, hits), hits >= 0)
                 query = average_query_expansion(query, self._fine_vectors(pipeline, qf.route, hits), hits >= 0)
-            ranking = self._c2f(coarse, query, pipeline, qf.route, k_coarse, full, timer)
+            ranking = self._c2f(first, name, query, pipeline, qf.route, k_coarse, full, timer)
         return ranking
+
+    def _first_stage(self, qf: ImageFeatures, pipeline: Pipeline) -> tuple[np.ndarray, str]:
+        """(query features, store array) of the stage that picks candidates: the binary codes for the hash
+        pipelines, else the coarse feature."""
+        if pipeline not in (Pipeline.HASH, Pipeline.C2F_HASH):
+            return qf.coarse, "coarse"
+        if self.code_bits is None:
+            raise ValueError(f"pipeline {pipeline.value!r} needs an index built with binary codes (fgia index "
+                             "--codes BITS, with a system trained with --codes)")
+        return binary_codes(self.system, qf.codes, self.code_bits), codes_name(self.code_bits)
+
+    def _first_search(self, query: np.ndarray, name: str, k: int) -> Ranking:
+        """The k nearest in the index over store array `name`: Hamming distances for binary codes, Euclidean
+        ones for the coarse feature."""
+        distances, ids = self.store.search(name, query, k)
+        if name == "coarse":
+            distances = np.sqrt(np.maximum(distances, 0))
+        return Ranking(ids=ids, distances=distances.astype(np.float32))
 
     def _single_stage(self, qf: ImageFeatures, pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
         if pipeline is Pipeline.COARSE:
@@ -513,24 +600,21 @@ class RetrievalEngine:
                 vectors[rows] = self.store.fetch(fine_name(name), ids[rows])[..., : vectors.shape[-1]]
         return vectors
 
-    def _c2f(self, coarse: np.ndarray, fine: np.ndarray, pipeline: Pipeline, route: np.ndarray, k: int, full: bool,
-             timer: StageTimer) -> Ranking:
-        """Coarse top-K, re-ranked by fine distance (candidates routed like the query first); with `full`, the
-        rest of the database follows in coarse order."""
+    def _c2f(self, first: np.ndarray, name: str, fine: np.ndarray, pipeline: Pipeline, route: np.ndarray, k: int,
+             full: bool, timer: StageTimer) -> Ranking:
+        """The first stage's top-K (the coarse feature's, or the binary codes' by Hamming distance), re-ranked by
+        fine distance (candidates routed like the query first); with `full`, the rest of the database follows in
+        first-stage order."""
         with timer("coarse_search"):
-            distances, order = self._coarse_search(coarse, len(self) if full else k)
-            candidates = order[:, :k]
+            found = self._first_search(first, name, len(self) if full else k)
+            candidates = found.ids[:, :k]
         with timer("fine_search"):
             other = (self.routes[np.maximum(candidates, 0)] != route[:, None]) & (candidates >= 0)
             ranking = rerank(fine, self._fine_vectors(pipeline, route, candidates), candidates, demote=other)
         if not full:
             return ranking
-        return Ranking(ids=np.concatenate([ranking.ids, order[:, k:]], axis=1),
-                       distances=np.concatenate([ranking.distances, distances[:, k:]], axis=1))
-
-    def _coarse_search(self, coarse: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        sq, ids = self.store.search("coarse", coarse, k)
-        return np.sqrt(np.maximum(sq, 0)).astype(np.float32), ids
+        return Ranking(ids=np.concatenate([ranking.ids, found.ids[:, k:]], axis=1),
+                       distances=np.concatenate([ranking.distances, found.distances[:, k:]], axis=1))
 
     # ------------------------------------------------------------------------------------------- answering
     def search(

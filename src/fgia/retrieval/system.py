@@ -20,6 +20,7 @@ Layout of a system directory:
     pca/<name>-image.*       PCA of model <name>'s whole-image feature to the part dimension
     pca/<name>-region.*      ... and of its region feature (with regions)
     classifier.npz           logistic regression on the coarse feature -> meta-category
+    hash/                    with `hash_bits`: the hashing model (`fgia.models.hashing`) giving binary codes
     aux_unified.npz          AD's unified Conv-Net features and meta-category indices (for the classifier table)
 
 Feature conventions (shared by indexing and querying, so they live here only): a model's feature of an image
@@ -81,6 +82,8 @@ CLASSIFIER_FILE = "classifier.npz"
 AUX_FILE = "aux_unified.npz"
 OFFTHESHELF = "offtheshelf"
 SYSTEM_KIND = "system"
+HASH = "hash"
+HASH_MODELS = ("a2net_hash",)  # hashing models with maps, so that the system's extraction can keep them
 
 
 @dataclass
@@ -129,7 +132,9 @@ class SystemConfig:
     the pretrained GAP), `coarse_dim`, `part_dim`; the PCAs and the coarse classifier are fitted on at most
     `fit_images` AD images (a seeded draw, the same share of each meta-category). Search: `top_k` candidates (or `top_k_fraction` of the
     database), `qe_top` hits averaged by query expansion (0: none). `classifier_dims`: coarse-feature
-    dimensions for the classifier-accuracy table (0 = full).
+    dimensions for the classifier-accuracy table (0 = full). `hash_bits`: code lengths of a hashing model
+    (`hash_model`, trained on AD with the same recipe and frozen trunk after the unified model) whose binary codes
+    `fgia index --codes` stores for Hamming search; empty: none.
     """
 
     backbone: str = "resnet18"
@@ -165,8 +170,12 @@ class SystemConfig:
     workers: int = 0
     seed: int = 0
     train_options: dict[str, Any] = field(default_factory=dict)
+    hash_bits: tuple[int, ...] = ()
+    hash_model: str = "a2net_hash"
 
     def __post_init__(self) -> None:
+        if self.hash_model not in HASH_MODELS:
+            raise ValueError(f"hash_model must be one of {HASH_MODELS}, got {self.hash_model!r}")
         for name in ("coarse_dim", "part_dim", "fit_images", "top_k", "image_size", "epochs", "head_dim",
                      "batch_size"):
             if getattr(self, name) < 1:
@@ -190,7 +199,7 @@ class SystemConfig:
             return max(1, round(self.top_k_fraction * database_size))
         return self.top_k
 
-    def extraction_spec(self, models: Mapping[str, nn.Module]) -> ExtractionSpec:
+    def extraction_spec(self, models: Mapping[str, nn.Module] | TrunkGroup) -> ExtractionSpec:
         """How the system reads images for AD fitting, indexing and querying: its size and region settings, with
         the normalisation its `models` carry."""
         return group_spec(models, image_size=self.image_size, regions=self.regions, threshold=self.threshold,
@@ -213,6 +222,13 @@ class SystemConfig:
             "workers": self.workers, "out_dir": out_dir, **self.train_options,
         }
         return TrainConfig(**options)
+
+    def hash_train_config(self, out_dir: Path | None = None) -> TrainConfig:
+        """The TrainConfig of the hashing model: the system's recipe with `hash_model`, its loss and `hash_bits`."""
+        model_kwargs = {"backbone": self.backbone, "weights": self.weights, "bits": list(self.hash_bits),
+                        "frozen_stages": self.frozen_stages}
+        return replace(self.train_config(out_dir), model=self.hash_model, model_kwargs=model_kwargs,
+                       loss=self.hash_model)
 
 
 class CoarseClassifier:
@@ -306,15 +322,18 @@ class System:
     classifier: CoarseClassifier
     files: dict[str, str]  # the files the system wrote -> their SHA-256 now
     fingerprint: str
+    hash_model: nn.Module | None = None
     group: TrunkGroup = field(init=False)
 
     def __post_init__(self) -> None:
-        self.group = TrunkGroup(self.models)
+        # The hashing model joins the extraction pass (its relaxed codes come out as features[HASH]) but is no
+        # fine model.
+        self.group = TrunkGroup({**self.models, **({HASH: self.hash_model} if self.hash_model is not None else {})})
 
     @property
     def spec(self) -> ExtractionSpec:
         """How the system reads images (from its config, see `SystemConfig.extraction_spec`)."""
-        return self.config.extraction_spec(self.models)
+        return self.config.extraction_spec(self.group)
 
     @property
     def fine_models(self) -> list[str]:
@@ -403,6 +422,9 @@ def _train_system(auxiliary: FineGrainedDataset, cfg: SystemConfig, out: Path, p
     if cfg.offtheshelf_weight > 0:
         models[OFFTHESHELF] = offtheshelf_model(cfg)
         save_model(models[OFFTHESHELF], out / "models" / OFFTHESHELF, ["none"])
+    if cfg.hash_bits:
+        console.log(f"training the hashing model ({cfg.hash_model}, {', '.join(map(str, cfg.hash_bits))} bits)")
+        fit(cfg.hash_train_config(out / HASH), auxiliary, progress=progress)
 
     fit_set = _draw(auxiliary, cfg.fit_images, cfg.seed)
     console.log(f"fitting PCAs and the coarse classifier on the features of {len(fit_set)} AD images")
@@ -650,6 +672,7 @@ def load_system(system_dir: str | os.PathLike, device: str = "auto") -> System:
         classifier=CoarseClassifier.load(path / CLASSIFIER_FILE),
         files=files,
         fingerprint=hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16],
+        hash_model=load_model(path / HASH, str(dev))[0] if cfg.hash_bits else None,
     )
 
 

@@ -30,10 +30,11 @@ from fgia.serve.uploads import ACCEPTED_TYPES, UploadError, decode_upload
 STATIC_DIR = Path(__file__).parent / "static"
 # The pipelines of fgia.retrieval.engine.PIPELINES (a test keeps them equal; importing the engine here would
 # load torch and the models' code just to declare the API).
-Pipeline = Literal["c2f", "c2f-image", "c2f-unified", "coarse", "coarse-full", "unified"]
+Pipeline = Literal["c2f", "c2f-image", "c2f-unified", "coarse", "coarse-full", "unified", "hash", "c2f-hash"]
 PIPELINE_HELP = ("c2f: coarse-to-fine (the system's pipeline); c2f-image: whole-image fine features only; "
                  "c2f-unified: the unified model re-ranks; coarse, coarse-full, unified: one exact search of the "
-                 "compact coarse feature, the full Conv-Net feature or the unified embedding")
+                 "compact coarse feature, the full Conv-Net feature or the unified embedding; hash, c2f-hash: "
+                 "Hamming search of the binary codes (an index built with --codes), alone or as the coarse stage")
 log = logging.getLogger(__name__)
 
 

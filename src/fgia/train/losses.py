@@ -26,7 +26,7 @@ LossFactory = Callable[..., LossFn]  # (cfg: TrainConfig, model: nn.Module, **cf
 
 LOSSES: Registry[LossFactory] = Registry("loss")
 # Modules registering more losses, imported on first need: they carry optional dependencies.
-_PLUGINS = ("fgia.train.metric_learning",)
+_PLUGINS = ("fgia.train.hashing", "fgia.train.metric_learning")
 
 
 def register_loss(name: str) -> Callable[[LossFactory], LossFactory]:
