@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -145,3 +146,12 @@ def test_append_equals_building_at_once(built, engine, tmp_path):
     assert appended.classes and set(appended.classes) == set(engine.classes)
     image = load_image(built.split.queries.samples[0].path)
     assert appended.search([image])[0].paths == engine.search([image])[0].paths
+
+
+def test_an_engine_from_arrays_ranks_like_the_index_it_copies(built, engine):
+    arrays = {name: np.array(engine.store.array(name)) for name in engine.store.dims}
+    rows = [replace(row, path=str(engine.image_path(i))) for i, row in enumerate(engine.rows)]
+    copy = RetrievalEngine.from_arrays(engine.system, rows, arrays, classes=engine.classes, device="cpu")
+    image = load_image(built.split.queries.samples[0].path)
+    [ours], [theirs] = copy.search([image], top_k=5), engine.search([image], top_k=5)
+    assert ours.ids == theirs.ids and ours.paths == theirs.paths  # in memory, paths are as given

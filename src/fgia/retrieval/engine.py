@@ -414,7 +414,7 @@ class RetrievalEngine:
         # Paths are relative to the index; where it was built is the fallback for an index moved on its own.
         directory = getattr(store, "directory", None)
         self._bases = [*([Path(directory).resolve()] if directory else []),
-                       *map(Path, reversed(store.attributes.get("locations", [])))]
+                       *map(Path, reversed(store.attributes.get("locations", [])))] or [Path()]  # in memory: as given
 
     @classmethod
     def from_arrays(cls, system: System, rows: Sequence[StoreRow], arrays: dict[str, np.ndarray],
