@@ -6,7 +6,7 @@ import asyncio
 
 from PIL import Image
 
-from fgia.serve.batching import SearchBatcher, SearchOptions
+from fgia.serve.batching import DecodeSlots, SearchBatcher, SearchOptions
 
 C2F = SearchOptions(top_k=2, pipeline="c2f", query_expansion=False)
 
@@ -114,3 +114,37 @@ def test_a_query_whose_client_went_away_is_dropped_before_it_is_computed(fake_en
     abandoned, (result, _) = asyncio.run(scenario())
     assert abandoned.cancelled() and result.labels[0] == "blue species"
     assert [c["n"] for c in fake_engine.calls] == [1]  # only the query whose client stayed was computed
+
+
+def test_a_batch_waits_for_queries_still_on_their_way_and_no_longer(fake_engine, solid):
+    async def scenario():
+        on_the_way = [True]
+        batcher = SearchBatcher(fake_engine, max_batch=8, max_wait_ms=5000, incoming=lambda: on_the_way[0])
+        first = asyncio.ensure_future(batcher.search(query(solid, "red"), C2F))
+        await asyncio.sleep(0.2)  # the second query is still being decoded: the batch keeps waiting for it
+        second = asyncio.ensure_future(batcher.search(query(solid, "blue"), C2F))
+        on_the_way[0] = False  # nothing else is coming: the batch starts without waiting out max_wait_ms
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(first, second)
+        elapsed = asyncio.get_running_loop().time() - started
+        alone_started = asyncio.get_running_loop().time()
+        await batcher.search(query(solid, "green"), C2F)  # an idle pipe: no wait at all
+        alone = asyncio.get_running_loop().time() - alone_started
+        await batcher.stop()
+        return elapsed, alone
+
+    elapsed, alone = asyncio.run(scenario())
+    assert [c["n"] for c in fake_engine.calls] == [2, 1]
+    assert elapsed < 1.0 and alone < 1.0  # far below max_wait_ms
+
+
+def test_decode_slots_say_when_queries_are_on_their_way():
+    async def scenario():
+        slots = DecodeSlots(limit=1, max_waiting=4)
+        seen = [slots.busy()]
+        async with slots.slot():
+            seen.append(slots.busy())
+        seen.append(slots.busy())
+        return seen
+
+    assert asyncio.run(scenario()) == [False, True, False]

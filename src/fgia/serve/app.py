@@ -102,11 +102,13 @@ def create_app(engine: SearchEngine, cfg: ServeConfig | None = None) -> FastAPI:
     """The search service over a loaded engine: JSON API, images by id, and the offline web page at /."""
     cfg = cfg or ServeConfig()
     batch = cfg.batching == "on"
-    batcher = SearchBatcher(engine, max_batch=cfg.max_batch if batch else 1,
-                            max_wait_ms=cfg.max_wait_ms if batch else 0.0, max_queue=cfg.max_queue)
     # Decoding happens under this bound, before the queue: N huge uploads cannot take N decoded images' memory;
     # a decoded query is reduced (`query_side`) before it waits for its batch.
     slots = DecodeSlots(cfg.max_decoding, max_waiting=cfg.max_queue)
+    # A batch waits for the queries still being decoded (up to max_wait_ms), and starts at once when none is.
+    batcher = SearchBatcher(engine, max_batch=cfg.max_batch if batch else 1,
+                            max_wait_ms=cfg.max_wait_ms if batch else 0.0, max_queue=cfg.max_queue,
+                            incoming=slots.busy)
     latency = LatencyStats(cfg.latency_window)
     thumbnail = functools.lru_cache(maxsize=cfg.thumb_cache_items)(render_thumbnail)
     cache_control = f"public, max-age={cfg.cache_max_age_s}"

@@ -27,6 +27,7 @@ class DecodeSlots:
         self.limit = limit
         self.max_waiting = max_waiting
         self.waiting = 0
+        self.decoding = 0
         self._semaphore: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -43,10 +44,16 @@ class DecodeSlots:
             await self._semaphore.acquire()
         finally:
             self.waiting -= 1
+        self.decoding += 1
         try:
             yield
         finally:
+            self.decoding -= 1
             self._semaphore.release()
+
+    def busy(self) -> bool:
+        """Whether uploads are being decoded or wait to be (queries on their way to the batcher)."""
+        return self.decoding + self.waiting > 0
 
 
 @dataclass(frozen=True)
@@ -67,15 +74,19 @@ class _Job:
 class SearchBatcher:
     """Serialises engine calls on a single worker task, grouping up to `max_batch` queries with equal options.
 
-    The engine runs in a worker thread so the event loop keeps serving pages and images. Concurrent queries that
-    arrive within `max_wait_ms` of the first share one `engine.search` call, so one forward pass; with
+    The engine runs in a worker thread so the event loop keeps serving pages and images. Concurrent queries share
+    one `engine.search` call, so one forward pass: a batch starts when it holds `max_batch` queries, when
+    `incoming()` says no further query is on its way (e.g. none is being decoded), or `max_wait_ms` after its
+    first query, whichever comes first. Without `incoming`, every batch waits `max_wait_ms` for company. With
     `max_batch=1` this is a plain serial queue. A query whose client went away is dropped before it is computed.
     """
 
-    def __init__(self, engine: SearchEngine, max_batch: int = 1, max_wait_ms: float = 0.0, max_queue: int = 256):
+    def __init__(self, engine: SearchEngine, max_batch: int = 1, max_wait_ms: float = 0.0, max_queue: int = 256,
+                 incoming: Callable[[], bool] | None = None):
         self.engine = engine
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
+        self.incoming = incoming or (lambda: True)
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
         self._worker: asyncio.Task | None = None
         self.batches = 0
@@ -125,16 +136,20 @@ class SearchBatcher:
                 return
             await asyncio.sleep(every_s)
 
-    async def _collect(self) -> list[_Job]:
+    async def _collect(self, poll_s: float = 0.002) -> list[_Job]:
         jobs = [await self._queue.get()]
         deadline = time.perf_counter() + self.max_wait_s
         while len(jobs) < self.max_batch:
+            if not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+                continue
             remaining = deadline - time.perf_counter()
-            try:
-                jobs.append(self._queue.get_nowait() if remaining <= 0 else
-                            await asyncio.wait_for(self._queue.get(), remaining))
-            except (asyncio.QueueEmpty, TimeoutError):
+            if remaining <= 0 or not self.incoming():
                 break
+            try:  # short waits, so that a query finishing its decode joins and an idle pipe starts at once
+                jobs.append(await asyncio.wait_for(self._queue.get(), min(remaining, poll_s)))
+            except TimeoutError:
+                continue
         return jobs
 
     async def _run(self) -> None:

@@ -23,7 +23,7 @@ class ServeConfig:
     latency_window: int = 2048  # last N queries behind the /stats percentiles
     batching: str = "on"  # "on": concurrent queries share one engine call (one forward pass); "off": one by one
     max_batch: int = 16
-    max_wait_ms: float = 4.0  # how long the first query of a batch waits for company
+    max_wait_ms: float = 50.0  # at most this long a batch waits for queries still being decoded (none: no wait)
     max_queue: int = 256  # queries waiting beyond this get 503
 
     def __post_init__(self) -> None:
