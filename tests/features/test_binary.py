@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fgia.metrics import evaluate_hamming
 from fgia.features.binary import BinaryEncoder, binarize
+from fgia.metrics import evaluate_hamming
 
 
 def _clusters(classes=8, per_class=25, dim=32, spread=0.6, seed=0):

@@ -155,3 +155,14 @@ def test_an_engine_from_arrays_ranks_like_the_index_it_copies(built, engine):
     image = load_image(built.split.queries.samples[0].path)
     [ours], [theirs] = copy.search([image], top_k=5), engine.search([image], top_k=5)
     assert ours.ids == theirs.ids and ours.paths == theirs.paths  # in memory, paths are as given
+
+
+def test_many_candidates_rank_through_one_product_exactly_as_gathered(built, engine):
+    queries = built.split.queries.samples[:3]
+    qf = engine.query_features(queries)
+    together = engine.rank(qf, "c2f", top_k=len(engine))  # 3 x N candidates: the whole-array product
+    for i in range(3):
+        alone = engine.rank(engine.query_features(queries[i : i + 1]), "c2f", top_k=len(engine))  # N: gathered
+        np.testing.assert_allclose(together.distances[i], alone.distances[0], atol=1e-4)
+        assert np.array_equal(together.ids[i][np.isfinite(together.distances[i])],
+                              alone.ids[0][np.isfinite(alone.distances[0])])

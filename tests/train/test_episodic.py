@@ -8,7 +8,12 @@ import torch
 
 from fgia.models import create_model
 from fgia.train.cache import trunk_cache
-from fgia.train.episodic import EpisodeSampler, EpisodicConfig, meta_train, prototype_logits
+from fgia.train.episodic import (
+    EpisodeSampler,
+    EpisodicConfig,
+    meta_train,
+    prototype_logits,
+)
 from fgia.train.trainer import normalisation
 
 

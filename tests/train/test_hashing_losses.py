@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fgia.metrics import evaluate_hamming
 from fgia.features.binary import binarize
+from fgia.metrics import evaluate_hamming
 from fgia.models import create_model
 from fgia.train import fit
 from fgia.train.cache import trunk_cache

@@ -30,7 +30,15 @@ from scipy import stats
 from fgia.config import load_yaml, to_dict
 from fgia.data import read_dataset, zero_shot_split
 from fgia.data.samples import FineGrainedDataset
-from fgia.eval.realdata import SHARED_DATASETS, Recipe, embed, epoch_logger, machine, read_shared, shared_cache
+from fgia.eval.realdata import (
+    SHARED_DATASETS,
+    Recipe,
+    embed,
+    epoch_logger,
+    machine,
+    read_shared,
+    shared_cache,
+)
 from fgia.features.extract import extract_features
 from fgia.features.pca import l2_normalize
 from fgia.models import create_model, load_model, save_model

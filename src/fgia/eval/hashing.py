@@ -31,12 +31,20 @@ import numpy as np
 from fgia.config import to_dict
 from fgia.data import DatasetError, official_split, zero_shot_split
 from fgia.data.samples import FineGrainedDataset
-from fgia.metrics import evaluate_hamming, evaluate_retrieval
-from fgia.eval.realdata import SHARED_DATASETS, Recipe, embed, epoch_logger, machine, read_shared, shared_cache
+from fgia.eval.realdata import (
+    SHARED_DATASETS,
+    Recipe,
+    embed,
+    epoch_logger,
+    machine,
+    read_shared,
+    shared_cache,
+)
 from fgia.features.binary import BinaryEncoder, binarize
 from fgia.features.pca import l2_normalize
 from fgia.index import create_index
 from fgia.index.vector_index import code_bytes
+from fgia.metrics import evaluate_hamming, evaluate_retrieval
 from fgia.runtime import atomic_write_text, pick_device
 from fgia.train.cache import TrunkCache
 from fgia.train.trainer import fit

@@ -392,8 +392,9 @@ class FeatureStore:
         self.manifest = manifest
         self._rows = None
         for name, values in staged.items():
-            if name in self._arrays:
-                self._arrays[name] = np.concatenate([self._arrays[name], values])
+            # Read again from the segments when next asked for: growing an in-memory copy at every append would
+            # copy the whole array each time (quadratic in a build of many chunks).
+            self._arrays.pop(name, None)
             if name in indexes:
                 self._indexes[name] = indexes[name]
             elif name in self._indexes:

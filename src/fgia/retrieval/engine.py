@@ -56,7 +56,12 @@ from fgia.index import (
     file_digest,
 )
 from fgia.index.store import MANIFEST
-from fgia.retrieval.search import Ranking, average_query_expansion, knn, rerank
+from fgia.retrieval.search import (
+    Ranking,
+    average_query_expansion,
+    knn,
+    order_candidates,
+)
 from fgia.retrieval.system import HASH, SYSTEM_FILE, System, load_system
 from fgia.runtime import OUTPUT_MARKER, clear_folder, output_folder, output_kind
 from fgia.train import UNIFIED
@@ -600,6 +605,27 @@ class RetrievalEngine:
                 vectors[rows] = self.store.fetch(fine_name(name), ids[rows])[..., : vectors.shape[-1]]
         return vectors
 
+    def _fine_distances(self, pipeline: Pipeline, route: np.ndarray, fine: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Euclidean distances (Q, n) from each query's fine feature to those of database `ids` (Q, n) under its
+        routed model. When the candidates outnumber the database (a large K or batch), one matrix product with the
+        whole array is cheaper than gathering (Q, n, d) vectors, and bounded in memory by (Q, N)."""
+        names, dim = self._fine_models(pipeline), fine.shape[1]
+        distances = np.zeros(ids.shape, dtype=np.float32)
+        for m, name in enumerate(names):
+            rows = np.flatnonzero(route == m)
+            if not len(rows):
+                continue
+            queries, wanted = fine[rows], np.maximum(ids[rows], 0)
+            if wanted.size <= len(self):
+                diff = self.store.fetch(fine_name(name), wanted)[..., :dim] - queries[:, None, :]
+                distances[rows] = np.sqrt(np.einsum("qkd,qkd->qk", diff, diff))
+                continue
+            database = self.store.array(fine_name(name))[:, :dim]
+            squared = (np.einsum("nd,nd->n", database, database)[None, :] - 2.0 * (queries @ database.T)
+                       + np.einsum("qd,qd->q", queries, queries)[:, None])
+            distances[rows] = np.sqrt(np.maximum(np.take_along_axis(squared, wanted, axis=1), 0.0))
+        return distances
+
     def _c2f(self, first: np.ndarray, name: str, fine: np.ndarray, pipeline: Pipeline, route: np.ndarray, k: int,
              full: bool, timer: StageTimer) -> Ranking:
         """The first stage's top-K (the coarse feature's, or the binary codes' by Hamming distance), re-ranked by
@@ -610,7 +636,8 @@ class RetrievalEngine:
             candidates = found.ids[:, :k]
         with timer("fine_search"):
             other = (self.routes[np.maximum(candidates, 0)] != route[:, None]) & (candidates >= 0)
-            ranking = rerank(fine, self._fine_vectors(pipeline, route, candidates), candidates, demote=other)
+            ranking = order_candidates(self._fine_distances(pipeline, route, fine, candidates), candidates,
+                                       demote=other)
         if not full:
             return ranking
         return Ranking(ids=np.concatenate([ranking.ids, found.ids[:, k:]], axis=1),

@@ -86,9 +86,18 @@ def rerank(
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.shape != (*cand.shape, q.shape[1]):
         raise ValueError(f"candidate vectors must be {(*cand.shape, q.shape[1])}, got shape {vectors.shape}")
-    valid = cand >= 0
     diff = vectors - q[:, None, :]
-    dist = np.where(valid, np.sqrt(np.einsum("qkd,qkd->qk", diff, diff)), np.inf).astype(np.float32)
+    return order_candidates(np.sqrt(np.einsum("qkd,qkd->qk", diff, diff)), cand, k, demote)
+
+
+def order_candidates(distances: np.ndarray, candidates: np.ndarray, k: int | None = None,
+                     demote: np.ndarray | None = None) -> Ranking:
+    """`rerank` from the distances (Q, K) of each query to its `candidates` (Q, K) already computed."""
+    cand = np.asarray(candidates, dtype=np.int64)
+    if cand.ndim != 2 or np.shape(distances) != cand.shape:
+        raise ValueError(f"distances must have the candidates' shape {cand.shape}, got {np.shape(distances)}")
+    valid = cand >= 0
+    dist = np.where(valid, distances, np.inf).astype(np.float32)
     order = np.argsort(dist, axis=1, kind="stable")
     if demote is not None:
         demote = np.asarray(demote, dtype=bool)
