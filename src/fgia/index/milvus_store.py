@@ -240,7 +240,9 @@ class MilvusStore:
         cfg = self.index_config(name) or IndexConfig()
         index_type, build, _ = milvus_index_params(cfg, is_lite(self.uri))
         params = self.client.prepare_index_params()
-        params.add_index(field_name="vector", index_type=index_type, metric_type="L2", params=build)
+        # The build parameters as one JSON "params" entry: the wire format every Milvus reads (Milvus Lite 3.2
+        # ignores them when pymilvus 3 sends them as separate entries).
+        params.add_index(field_name="vector", index_type=index_type, metric_type="L2", params={"params": build})
         collection = self.descriptor["collections"][name]
         if self.client.has_collection(collection):
             raise FileExistsError(f"Milvus at {self.uri} already has a collection {collection}")
