@@ -1,6 +1,6 @@
 """The scale-out engines on one machine: Milvus Lite against FAISS, and Ray Data extraction against one process.
 
-Part 1 (index). For every N in --sizes and d in --dims: N clustered random vectors (like real features: 1000
+Part 1 (index). For every case NxD in --cases: N clustered random vectors (like real features: 1000
 centres, unit-norm rows) and --queries nearby queries. For each factory (Flat, IVF<nlist>,Flat, HNSW32) a FAISS
 index (`fgia.index.create_index`) and a Milvus Lite store (`MilvusStore`, the same factory string translated):
 build seconds, p50 single-query latency, seconds for the whole query batch, recall@10 against exact search, and
@@ -15,7 +15,7 @@ top-10 equals FAISS's, >= 1), `milvus_ann_recall10` (lowest recall@10 of Milvus 
 (Ray images/s over single-process images/s, >= 0.8).
 
     python benchmarks/scale.py                                   # N = 100K and 1M, d = 32 and 1024
-    python benchmarks/scale.py --sizes 100000 --dims 32,1024 --images 512
+    python benchmarks/scale.py --cases 100000x32,100000x1024,1000000x32 --images 512
 """
 
 from __future__ import annotations
@@ -158,10 +158,10 @@ def extraction_part(images: int, seed: int, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="100000,1000000", help="database sizes N, comma-separated")
-    ap.add_argument("--dims", default="32,1024", help="vector dimensions (coarse 32, fine 1024), comma-separated")
+    ap.add_argument("--cases", default="100000x32,100000x1024,1000000x32,1000000x1024",
+                    help="database size x vector dimension (coarse 32, fine 1024), comma-separated")
     ap.add_argument("--nlist", type=int, default=1024, help="IVF lists")
-    ap.add_argument("--nprobe", type=int, default=32)
+    ap.add_argument("--nprobe", type=int, default=64)
     ap.add_argument("--ef-search", type=int, default=64)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--images", type=int, default=512, help="images for the extraction part (0: skip it)")
@@ -170,8 +170,8 @@ def main() -> None:
     started = time.perf_counter()
     factories = ["Flat", f"IVF{args.nlist},Flat", "HNSW32"]
     params = {"IVF": f"nprobe={args.nprobe}", "HNSW": f"efSearch={args.ef_search}"}
-    index = {f"N={n} d={d}": index_part(n, d, factories, params, args.queries, args.seed)
-             for n in map(int, args.sizes.split(",")) for d in map(int, args.dims.split(","))}
+    cases = [tuple(map(int, case.split("x"))) for case in args.cases.split(",")]
+    index = {f"N={n} d={d}": index_part(n, d, factories, params, args.queries, args.seed) for n, d in cases}
     with tempfile.TemporaryDirectory() as tmp:
         extraction = extraction_part(args.images, args.seed, Path(tmp)) if args.images else None
     flat_equal = min(r["Flat"]["milvus_top10_equal_faiss"] for r in index.values())
