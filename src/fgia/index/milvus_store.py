@@ -118,7 +118,9 @@ def connect(uri: str) -> MilvusClient:
     try:
         return MilvusClient(uri=uri, token=os.environ.get("FGIA_MILVUS_TOKEN", ""))
     except Exception as exc:  # noqa: BLE001 - pymilvus raises several unrelated types for an unreachable server
-        raise ConnectionError(f"cannot connect to Milvus at {uri}: {exc}") from None
+        busy = (" (Milvus Lite serves one process at a time: is another fgia command using it? A Milvus server "
+                "serves many)") if is_lite(uri) else ""
+        raise ConnectionError(f"cannot connect to Milvus at {uri}: {exc}{busy}") from None
 
 
 class MilvusIndex(VectorIndex):
