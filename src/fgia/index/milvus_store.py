@@ -46,6 +46,7 @@ _FORMAT = "fgia-milvus-store"
 _FORMAT_VERSION = 1
 _MAX_TOPK = 16384  # Milvus's limit on the hits of one search and on the rows of one query
 _INSERT_FLOATS = 1 << 22  # rows per insert call: about 16 MB of float32 values
+_LITE_FLAT_BYTES = 1 << 29
 _ROW_FIELDS = ("path", "category", "label", "route", "digest")
 _LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW")
 
@@ -372,7 +373,11 @@ class MilvusStore:
             raise ValueError(f"array {name!r} has no index (indexed: {sorted(self.descriptor['indexes'])})")
         if k > _MAX_TOPK:
             raise ValueError(f"a Milvus search returns at most {_MAX_TOPK} hits, {k} were asked for")
-        _, _, params = milvus_index_params(cfg, is_lite(self.uri))
+        index_type, _, params = milvus_index_params(cfg, is_lite(self.uri))
+        if is_lite(self.uri) and index_type == "FLAT":
+            # Milvus Lite's exact search materialises (queries x segment rows x dim) float32 differences, and its
+            # segments hold up to 100K rows: a few queries per call keep that near 512 MB.
+            batch_size = min(batch_size, max(1, _LITE_FLAT_BYTES // (4 * self.dims[name] * 100_000)))
         if "ef" in params:
             params["ef"] = max(params["ef"], k)  # FAISS's HNSW explores max(efSearch, k) too; Milvus insists
         queries = np.ascontiguousarray(queries, dtype=np.float32)
