@@ -463,9 +463,17 @@ class MilvusStore:
             self.save_indexes()
 
     def save_indexes(self, timeout_s: float = 3600.0) -> None:
-        """Wait until Milvus has indexed every row of every collection."""
+        """Wait until Milvus has indexed every row of every collection.
+
+        Milvus Lite builds segment indexes in the background after a flush and reports them finished at once
+        (searches meanwhile scan the unindexed segments exhaustively); reloading a collection builds the missing
+        ones before it returns."""
         deadline = time.monotonic() + timeout_s
         for collection in self.collections:
+            if is_lite(self.uri):
+                self.client.release_collection(collection)
+                self.client.load_collection(collection)
+                continue
             while self.client.describe_index(collection, "vector").get("pending_index_rows", 0):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"Milvus at {self.uri} did not finish indexing {collection} in {timeout_s} s")
