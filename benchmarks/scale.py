@@ -35,7 +35,7 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from fgia.data import Sample  # noqa: E402
+from fgia.data import Sample, read_dataset  # noqa: E402
 from fgia.data.synthetic import SynthConfig, generate_benchmark  # noqa: E402
 from fgia.features.distributed import extract_models_ray, ray_session  # noqa: E402
 from fgia.features.extract import extract_models  # noqa: E402
@@ -129,13 +129,13 @@ def index_part(n: int, dim: int, factories: list[str], params: dict[str, str], q
 
 
 def extraction_part(images: int, seed: int, work: Path) -> dict:
-    paths = sorted(SHARED_BIRDS.rglob("*.jpg"))[:: 7][:images] if SHARED_BIRDS.is_dir() else []
-    if len(paths) < images:
+    paths = sorted(SHARED_BIRDS.rglob("*.jpg")) if SHARED_BIRDS.is_dir() else []
+    samples = [Sample(path=p, label=-1) for p in paths[:: max(1, len(paths) // images)][:images]]
+    if len(samples) < images:
         manifest = generate_benchmark(SynthConfig(categories=2, species_per_category=8, images_per_species=
                                                   images // 16 + 1, image_size=320, seed=seed), work / "synth",
                                       progress=False)
-        paths = sorted(manifest.parent.rglob("*.png"))[:images]
-    samples = [Sample(path=p, label=-1) for p in paths]
+        samples = read_dataset(manifest).samples[:images]
     cfg = SystemConfig(backbone="tf_efficientnet_lite0", weights="efficientnet-lite0", image_size=160,
                        region_zoom=2.0, device="cpu")
     models = {"unified": unified_model(cfg, 100)}
@@ -155,7 +155,7 @@ def extraction_part(images: int, seed: int, work: Path) -> dict:
     # ray_s = fixed + n / steady rate, from the 32-image and the n-image calls
     steady = (len(samples) - 32) / max(ray_s - small_s, 1e-9)
     difference = float(np.abs(ray["unified"].image - single["unified"].image).max())
-    return {"images": len(samples), "source": "cub100" if SHARED_BIRDS.is_dir() else "synthetic",
+    return {"images": len(samples), "source": "cub100" if paths and len(paths) >= images else "synthetic",
             "backbone": cfg.backbone, "image_size": cfg.image_size, "region_zoom": cfg.region_zoom,
             "single_process_s": single_s, "single_process_images_per_s": len(samples) / single_s,
             "ray_s": ray_s, "ray_images_per_s": len(samples) / ray_s, "ray_actors": 1,
