@@ -208,9 +208,15 @@ def index(
     out: Path = typer.Option(DEFAULT_OUT / "index", help="index folder"),
     append: bool = typer.Option(False, "--append", help="add to an existing index built with the same system "
                                 "(images already in it are skipped)"),
-    factory: str = typer.Option("Flat", help="FAISS factory string for the coarse index, e.g. Flat, HNSW32"),
+    factory: str = typer.Option("Flat", help="FAISS factory string for the coarse index, e.g. Flat, IVF256,Flat, "
+                                "HNSW32 (Milvus: Flat, IVF<n>,Flat, IVF<n>,SQ8, IVF<n>,PQ<m>, HNSW<M>)"),
     codes: int | None = typer.Option(None, help="also store BITS-bit binary codes (a system trained with --codes)"),
     hash_factory: str = typer.Option("BFlat", help="FAISS binary factory for the codes, e.g. BFlat, BIVF256"),
+    store: str = typer.Option("faiss", help="where vectors live: faiss (files in --out), milvus:///abs/path/x.db "
+                              "(Milvus Lite) or milvus://host:19530 (a Milvus server); --out then holds the pointer"),
+    engine: str = typer.Option("local", help="feature extraction: local (this process) or ray (Ray Data actors)"),
+    ray_address: str | None = typer.Option(None, help="with --engine ray: a running Ray cluster ('auto', "
+                                           "'ray://host:10001'); default: a local Ray on this machine"),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     fmt: str = typer.Option("auto", "--format", help="layout name (`fgia datasets list`); `images` reads class "
                             "folders as plain folders, without labels"),
@@ -222,7 +228,7 @@ def index(
 
     database = read_dataset(data, fmt)
     result = build_index(system, database, out, append=append, factory=factory, force=force, progress=not quiet,
-                         codes=codes, hash_factory=hash_factory)
+                         codes=codes, hash_factory=hash_factory, store=store, engine=engine, ray_address=ray_address)
     labelled = sum(s.label >= 0 for s in database.samples)
     console.print(f"index {result.index_dir}: added {result.added} images ({result.skipped} unreadable, "
                   f"{result.duplicates} already indexed skipped), {result.total} in total; "
@@ -236,11 +242,13 @@ def index_verify(
     device: str = typer.Option("auto"),
 ) -> None:
     """Check every file of an index against its manifest (sizes and checksums) and load it with its system."""
+    from fgia.index import FeatureStore
     from fgia.retrieval.engine import RetrievalEngine
 
     engine = RetrievalEngine.load(index_dir, device=device, verify=True)
-    console.print(f"index {index_dir}: ok ({len(engine)} images, {len(engine.store.manifest['files'])} files "
-                  "match their checksums)", soft_wrap=True)
+    checked = (f"{len(engine.store.manifest['files'])} files match their checksums"
+               if isinstance(engine.store, FeatureStore) else f"every Milvus collection at {engine.store.uri} holds them")
+    console.print(f"index {index_dir}: ok ({len(engine)} images, {checked})", soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------------- search

@@ -266,9 +266,9 @@ def extract_models(
     parts: list[tuple[dict[str, BatchFeatures], Tensor, Tensor]] = []
     batches = track_batches(loader, "extracting features", enabled=progress)
     for batch, _, indices in batches:
-        feats = featurize_batch(group, *_normalised(batch, dev, spec), spec=spec, keep_maps=keep_maps)
+        feats = featurize_batch(group, *normalised_batch(batch, dev, spec), spec=spec, keep_maps=keep_maps)
         parts.append((feats, batch["size"], indices))
-    return {name: _collect([(f[name], s, i) for f, s, i in parts], group.models[name], spec.regions, keep_maps,
+    return {name: collect_features([(f[name], s, i) for f, s, i in parts], group.models[name], spec.regions, keep_maps,
                            skipped=len(loader.skipped)) for name in group.models}
 
 
@@ -295,9 +295,9 @@ def extract_from_images(
     spec = spec or group_spec(group)
     resize = _resize(spec)
     batch = default_collate([resize(image.convert("RGB")) for image in images])
-    feats = featurize_batch(group, *_normalised(batch, dev, spec), spec=spec, keep_maps=keep_maps)
+    feats = featurize_batch(group, *normalised_batch(batch, dev, spec), spec=spec, keep_maps=keep_maps)
     index = torch.arange(len(images))
-    out = {name: _collect([(f, batch["size"], index)], group.models[name], spec.regions, keep_maps, skipped=0)
+    out = {name: collect_features([(f, batch["size"], index)], group.models[name], spec.regions, keep_maps, skipped=0)
            for name, f in feats.items()}
     return out[SINGLE] if isinstance(models, nn.Module) and not isinstance(models, TrunkGroup) else out
 
@@ -313,22 +313,26 @@ def group_spec(models: nn.Module | Mapping[str, nn.Module] | TrunkGroup, **chang
     return specs[0].with_(**changes)
 
 
+def zoom_size(spec: ExtractionSpec) -> int | None:
+    """The size regions are cropped from, when it differs from the image size (else None)."""
+    size = round(spec.image_size * spec.region_zoom)
+    return size if spec.regions and size != spec.image_size else None
+
+
 def _resize(spec: ExtractionSpec) -> ResizeWithOriginalSize:
-    """The loader transform: the image at the spec's size, and at the zoomed size regions are cropped from when
-    that differs."""
-    zoom_size = round(spec.image_size * spec.region_zoom)
-    return ResizeWithOriginalSize(spec.image_size, zoom_size if spec.regions and zoom_size != spec.image_size
-                                  else None)
+    """The loader transform: the image at the spec's size, and at the zoomed size regions are cropped from."""
+    return ResizeWithOriginalSize(spec.image_size, zoom_size(spec))
 
 
-def _normalised(batch: dict[str, Tensor], device: torch.device, spec: ExtractionSpec) -> tuple[Tensor, Tensor | None]:
+def normalised_batch(batch: dict[str, Tensor], device: torch.device,
+                     spec: ExtractionSpec) -> tuple[Tensor, Tensor | None]:
     """(images, zoomed images or None) of a loaded batch, normalised on `device`."""
     zoomed = batch.get("zoomed")
     return (normalize(batch["image"].to(device, non_blocking=True), spec.mean, spec.std),
             None if zoomed is None else normalize(zoomed.to(device, non_blocking=True), spec.mean, spec.std))
 
 
-def _collect(
+def collect_features(
     parts: list[tuple[BatchFeatures, Tensor, Tensor]], model: nn.Module, regions: bool, keep_maps: bool, skipped: int
 ) -> FeatureSet:
     def cat(arrays: list[np.ndarray], empty_shape: tuple[int, ...], dtype) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Vector indexes over FAISS factory strings (+ a torch exact backend), the store interface the engine reads
-(`VectorStore`), the on-disk feature store and an in-memory one."""
+(`VectorStore`) and its backends: the on-disk FAISS feature store, Milvus, and an in-memory one."""
 
+from fgia.index.milvus_store import MilvusStore
 from fgia.index.store import CorruptIndexError, FeatureStore, StoreRow, file_digest
 from fgia.index.vector_index import (
     IndexConfig,
@@ -8,9 +9,16 @@ from fgia.index.vector_index import (
     VectorIndex,
     create_index,
 )
-from fgia.index.vector_store import MemoryStore, VectorStore
+from fgia.index.vector_store import (
+    STORES,
+    MemoryStore,
+    VectorStore,
+    create_store,
+    has_store,
+    open_store,
+)
 
 __all__ = [
-    "CorruptIndexError", "FeatureStore", "IndexConfig", "IndexMismatchError", "MemoryStore", "StoreRow",
-    "VectorIndex", "VectorStore", "create_index", "file_digest",
+    "STORES", "CorruptIndexError", "FeatureStore", "IndexConfig", "IndexMismatchError", "MemoryStore", "MilvusStore",
+    "StoreRow", "VectorIndex", "VectorStore", "create_index", "create_store", "file_digest", "has_store", "open_store",
 ]

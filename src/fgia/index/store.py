@@ -89,7 +89,7 @@ def _json_normal(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True))
 
 
-def _fingerprint_diff(stored: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+def fingerprint_diff(stored: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
     stored, expected = _json_normal(dict(stored)), _json_normal(dict(expected))
     return [
         f"{key}: store has {stored.get(key, '<missing>')!r}, expected {expected.get(key, '<missing>')!r}"
@@ -223,7 +223,7 @@ class FeatureStore:
 
     def check_fingerprint(self, expected: Mapping[str, Any]) -> None:
         """Raise IndexMismatchError naming every fingerprint entry that differs from `expected`."""
-        diff = _fingerprint_diff(self.fingerprint, expected)
+        diff = fingerprint_diff(self.fingerprint, expected)
         if diff:
             raise IndexMismatchError(
                 f"feature store {self.directory} was built with a different model/configuration: " + "; ".join(diff)
@@ -305,6 +305,11 @@ class FeatureStore:
             self._indexes[name] = index
         return self._indexes[name]
 
+    def index_config(self, name: str) -> IndexConfig | None:
+        """How the index over array `name` is built (None: the array has no index)."""
+        cfg = self._entry(name)["index"]
+        return None if cfg is None else IndexConfig(**cfg)
+
     def _load(self, name: str, mmap_mode: str | None = None) -> np.ndarray:
         try:
             return np.load(self.directory / name, mmap_mode=mmap_mode, allow_pickle=False)
@@ -351,7 +356,7 @@ class FeatureStore:
         """
         if fingerprint is not None:
             self.check_fingerprint(fingerprint)
-        staged = self._validate(rows, arrays)
+        staged = validate_append(self.dims, rows, arrays)
         self._remove_leftovers()
         generation = self.manifest["generation"] + 1
         manifest = copy.deepcopy(self.manifest)
@@ -418,29 +423,6 @@ class FeatureStore:
             return self.manifest["arrays"][name]
         except KeyError:
             raise KeyError(f"no array {name!r} in store {self.directory} (has {sorted(self.dims)})") from None
-
-    def _validate(self, rows: Sequence[StoreRow], arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Check everything before the first write; returns {name: float32 values}."""
-        for row in rows:
-            if not isinstance(row, StoreRow):
-                raise TypeError(f"rows must be StoreRow objects, got {type(row).__name__}")
-        missing = set(self.dims) - set(arrays)
-        unknown = set(arrays) - set(self.dims)
-        if missing or unknown:
-            raise IndexMismatchError(
-                f"arrays do not match the store: missing {sorted(missing)}, unknown {sorted(unknown)}"
-            )
-        staged = {}
-        for name, dim in self.dims.items():
-            values = np.asarray(arrays[name])
-            if values.ndim != 2 or values.shape[1] != dim:
-                raise IndexMismatchError(f"array {name!r}: the store holds {dim}-d features, got shape {values.shape}")
-            if len(values) != len(rows):
-                raise ValueError(f"array {name!r} has {len(values)} rows for {len(rows)} items")
-            if not np.isfinite(values).all():
-                raise ValueError(f"array {name!r} contains NaN or infinite values")
-            staged[name] = np.ascontiguousarray(values, dtype=np.float32)
-        return staged
 
     def _write_array(self, name: str, values: np.ndarray) -> dict[str, Any]:
         """Write `values` as a .npy file with plain writes, so a full disk is an OSError naming its cause (never
@@ -512,6 +494,29 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.directory)!r}, n={len(self)}, arrays={self.dims})"
+
+
+def validate_append(dims: Mapping[str, int], rows: Sequence[StoreRow],
+                    arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Check an append against a store's arrays `dims` before its first write; returns {name: float32 values}."""
+    for row in rows:
+        if not isinstance(row, StoreRow):
+            raise TypeError(f"rows must be StoreRow objects, got {type(row).__name__}")
+    missing = set(dims) - set(arrays)
+    unknown = set(arrays) - set(dims)
+    if missing or unknown:
+        raise IndexMismatchError(f"arrays do not match the store: missing {sorted(missing)}, unknown {sorted(unknown)}")
+    staged = {}
+    for name, dim in dims.items():
+        values = np.asarray(arrays[name])
+        if values.ndim != 2 or values.shape[1] != dim:
+            raise IndexMismatchError(f"array {name!r}: the store holds {dim}-d features, got shape {values.shape}")
+        if len(values) != len(rows):
+            raise ValueError(f"array {name!r} has {len(values)} rows for {len(rows)} items")
+        if not np.isfinite(values).all():
+            raise ValueError(f"array {name!r} contains NaN or infinite values")
+        staged[name] = np.ascontiguousarray(values, dtype=np.float32)
+    return staged
 
 
 def _damaged(store: Path, path: Path, problem: str) -> str:

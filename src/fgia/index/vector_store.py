@@ -10,11 +10,13 @@ serves it the same way.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from fgia.index.store import StoreRow
+from fgia.index.milvus_store import DESCRIPTOR, MilvusStore, milvus_uri
+from fgia.index.store import MANIFEST, FeatureStore, StoreRow
 from fgia.index.vector_index import IndexConfig, VectorIndex, create_index
 
 
@@ -95,3 +97,30 @@ class MemoryStore:
     def search(self, name: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(squared distances (nq, k), item ids (nq, k), -1 padded) from the index over `name`."""
         return self.index(name).search(queries, k)
+
+
+STORES = ("faiss", "milvus:///abs/path/fgia.db", "milvus://host:19530")
+"""The `--store` values: the on-disk FAISS store (in the index folder), Milvus Lite, a Milvus server."""
+
+
+def has_store(directory: str | Path) -> bool:
+    """Whether `directory` holds a store of any backend."""
+    return any((Path(directory) / name).is_file() for name in (MANIFEST, DESCRIPTOR))
+
+
+def create_store(directory: str | Path, store: str, fingerprint: Mapping[str, Any], dims: Mapping[str, int],
+                 indexes: Mapping[str, str | IndexConfig] | None = None, device: str = "auto",
+                 attributes: Mapping[str, Any] | None = None) -> FeatureStore | MilvusStore:
+    """An empty store in `directory` on the backend `store` names (see `STORES`)."""
+    if store == "faiss":
+        return FeatureStore.create(directory, fingerprint, dims, indexes=indexes, device=device, attributes=attributes)
+    return MilvusStore.create(directory, milvus_uri(store), fingerprint, dims, indexes=indexes, attributes=attributes)
+
+
+def open_store(directory: str | Path, expected_fingerprint: Mapping[str, Any] | None = None, device: str = "auto",
+               verify: bool = False) -> FeatureStore | MilvusStore:
+    """The store in `directory`, whichever backend wrote it (arguments as `FeatureStore.open`)."""
+    if (Path(directory) / DESCRIPTOR).is_file():
+        return MilvusStore.open(directory, expected_fingerprint, verify=verify)
+    return FeatureStore.open(directory, expected_fingerprint, device=device, verify=verify)
+

@@ -1,6 +1,7 @@
 """Index a database with a trained system and answer image queries: `build_index` and `RetrievalEngine`.
 
-An index directory is a `fgia.index.FeatureStore` whose attributes, committed with every generation, hold the
+An index directory holds a store (`fgia.index.FeatureStore`, the default, or `fgia.index.MilvusStore`, whose
+vectors live in Milvus and whose folder holds where) whose attributes, committed with every append, hold the
 system's location and the database class names. For every database image it holds, computed offline in one
 pass of the system's models:
 
@@ -44,6 +45,7 @@ from PIL import Image
 from fgia.data.images import ImageLoadError, load_image
 from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.features.binary import binarize
+from fgia.features.distributed import ray_session
 from fgia.features.extract import FeatureSet
 from fgia.features.pca import l2_normalize
 from fgia.index import (
@@ -51,10 +53,15 @@ from fgia.index import (
     FeatureStore,
     IndexMismatchError,
     MemoryStore,
+    MilvusStore,
     StoreRow,
     VectorStore,
+    create_store,
     file_digest,
+    has_store,
+    open_store,
 )
+from fgia.index.milvus_store import DESCRIPTOR, milvus_uri
 from fgia.index.store import MANIFEST
 from fgia.retrieval.search import (
     Ranking,
@@ -67,6 +74,7 @@ from fgia.runtime import OUTPUT_MARKER, clear_folder, output_folder, output_kind
 from fgia.train import UNIFIED
 
 INDEX_KIND = "index"
+ENGINES = ("local", "ray")  # where `build_index` extracts features: this process, or a Ray cluster
 STAGES = ("features", "coarse_search", "classifier", "fine_search", "total")
 
 
@@ -156,10 +164,11 @@ class ImageFeatures:
 
 
 def image_features(system: System, samples: Sequence[Sample] | None = None,
-                   images: Sequence[Image.Image] | None = None, progress: bool = False) -> ImageFeatures:
+                   images: Sequence[Image.Image] | None = None, progress: bool = False,
+                   engine: str = "local") -> ImageFeatures:
     """Features of dataset samples (unreadable ones left out) or in-memory images under every model of
-    `system`, in one pass of its models."""
-    return stage_features(system, system.features(samples, images, progress=progress))
+    `system`, in one pass of its models (`engine` "ray": samples are extracted on Ray, see `System.features`)."""
+    return stage_features(system, system.features(samples, images, progress=progress, engine=engine))
 
 
 def stage_features(system: System, feats: dict[str, FeatureSet]) -> ImageFeatures:
@@ -216,6 +225,9 @@ def build_index(
     progress: bool = False,
     codes: int | None = None,
     hash_factory: str = "BFlat",
+    store: str = "faiss",
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> BuildResult:
     """Extract and store every stage's features of `database` (see the module docstring).
 
@@ -226,59 +238,92 @@ def build_index(
     path or same content) are skipped and counted. Unreadable images are skipped and counted. Each chunk of
     `chunk_size` images is committed (with the class names it uses) as one generation of the store. `codes`: also
     store the system's `codes`-bit binary codes with a `hash_factory` binary index (an appended index keeps the
-    code length it was built with).
+    code length it was built with; FAISS store only).
+
+    `store` picks the backend (`fgia.index.STORES`): "faiss" (files in `index_dir`) or a Milvus URI (then
+    `index_dir` holds where the collections are; `factory` is translated to a Milvus index). `engine` "ray"
+    extracts the features on Ray (`ray_address`: a running cluster, None: a local Ray on this machine).
     """
     if not len(database):
         raise ValueError(f"database {database.name!r} has no images to index")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    if store != "faiss":
+        milvus_uri(store)  # a bad --store fails before the models load
     system = load_system(system_dir, device)
     out = Path(index_dir)
-    if append:
-        if output_kind(out) != INDEX_KIND or not (out / MANIFEST).is_file():
-            raise FileNotFoundError(f"{out} holds no index to append to; build one first (without --append)")
-        store = FeatureStore.open(out, device=device)
-        _check_system(store, system, out)
-        held = store.attributes.get("codes")
-        if codes and codes != held:
-            raise IndexMismatchError(f"index {out} holds {f'{held}-bit' if held else 'no'} binary codes, not "
-                                     f"{codes}-bit ones")
-        return _add(system, store, database, chunk_size, progress)
-    with output_folder(out, INDEX_KIND, force=force, replace_own=False, manifests=[MANIFEST], resume=True) as stage:
+    with ray_session(ray_address) if engine == "ray" else contextlib.nullcontext():
+        if append:
+            if output_kind(out) != INDEX_KIND or not has_store(out):
+                raise FileNotFoundError(f"{out} holds no index to append to; build one first (without --append)")
+            opened = open_store(out, device=device)
+            _check_system(opened, system, out)
+            held = opened.attributes.get("codes")
+            if codes and codes != held:
+                raise IndexMismatchError(f"index {out} holds {f'{held}-bit' if held else 'no'} binary codes, not "
+                                         f"{codes}-bit ones")
+            return _add(system, opened, database, chunk_size, progress, engine)
         indexes = {"coarse": factory}
-        dims = {"coarse": system.coarse_pca.n_components, "unified": system.models[UNIFIED].embedding_dim,
-                "box": 4}
+        dims = {"coarse": system.coarse_pca.n_components, "unified": system.models[UNIFIED].embedding_dim, "box": 4}
         dims |= {fine_name(n): system.fine_dim for n in system.fine_models}
         if codes:
+            if store != "faiss":
+                raise ValueError("binary codes (--codes) are kept in the FAISS store only: build with --store faiss")
             code_slice(system, codes)  # fail before extracting anything
             dims[codes_name(codes)], indexes[codes_name(codes)] = codes, hash_factory
-        store = _resumable(stage, system, indexes, device)
-        if store is None:
-            store = FeatureStore.create(stage, _fingerprint(system), dims, indexes=indexes, device=device,
-                                        attributes={"classes": [], "system": _system_location(system, stage),
-                                                    "system_files": system.files, "codes": codes})
-        result = _add(system, store, database, chunk_size, progress)
-        if not len(store):
-            raise ValueError(_none_readable(database))
+        replaced = _milvus_store_at(out) if force else None
+        with output_folder(out, INDEX_KIND, force=force, replace_own=False, manifests=[MANIFEST], resume=True) as stage:
+            built = _resumable(stage, system, indexes, store, device)
+            if built is None:
+                built = create_store(stage, store, _fingerprint(system), dims, indexes=indexes, device=device,
+                                     attributes={"classes": [], "system": _system_location(system, stage),
+                                                 "system_files": system.files, "codes": codes})
+            try:
+                result = _add(system, built, database, chunk_size, progress, engine)
+                if not len(built):
+                    raise ValueError(_none_readable(database))
+            except BaseException:
+                if isinstance(built, MilvusStore):  # the staging folder that names its collections goes too
+                    built.drop()
+                raise
+    if replaced is not None:
+        replaced.drop()
     return replace(result, index_dir=out)
 
 
-def _resumable(stage: Path, system: System, indexes: dict[str, str], device: str) -> FeatureStore | None:
-    """The store a killed build of the same index (same index factories, same binary codes) left in `stage`, when
-    it can go on; else None (and `stage` is emptied: everything in it is what that build wrote)."""
-    if (stage / MANIFEST).is_file():
+def _milvus_store_at(folder: Path) -> MilvusStore | None:
+    """The Milvus store an index folder describes (whose collections go when a build replaces it), or None."""
+    if not (folder / DESCRIPTOR).is_file():
+        return None
+    try:
+        return MilvusStore.open(folder)
+    except (CorruptIndexError, ValueError, OSError):
+        return None
+
+
+def _resumable(stage: Path, system: System, indexes: dict[str, str], store: str,
+               device: str) -> FeatureStore | MilvusStore | None:
+    """The store a killed build of the same index (same backend, index factories and binary codes) left in
+    `stage`, when it can go on; else None (and `stage` is emptied, with the Milvus collections it names:
+    everything in it is what that build wrote)."""
+    if has_store(stage):
         try:
-            store = FeatureStore.open(stage, expected_fingerprint=_fingerprint(system), device=device)
-            built = {name: entry["index"]["factory"] for name, entry in store.manifest["arrays"].items()
-                     if entry["index"] is not None}
-            if built == indexes:
-                return store
-        except (CorruptIndexError, IndexMismatchError, ValueError, KeyError):
+            found = open_store(stage, expected_fingerprint=_fingerprint(system), device=device)
+            same_backend = (isinstance(found, FeatureStore) if store == "faiss"
+                            else isinstance(found, MilvusStore) and found.uri == milvus_uri(store))
+            if same_backend and all(getattr(found.index_config(n), "factory", None) == f for n, f in indexes.items()):
+                return found
+        except (CorruptIndexError, IndexMismatchError, ValueError, KeyError, OSError):
             pass
+    leftover = _milvus_store_at(stage)
+    if leftover is not None:
+        leftover.drop()
     clear_folder(stage, keep={OUTPUT_MARKER})
     return None
 
 
-def _add(system: System, store: FeatureStore, database: FineGrainedDataset, chunk_size: int,
-         progress: bool) -> BuildResult:
+def _add(system: System, store: FeatureStore | MilvusStore, database: FineGrainedDataset, chunk_size: int,
+         progress: bool, engine: str = "local") -> BuildResult:
     """Append the images of `database` not in `store` yet (by path and by content), one commit per chunk; the
     coarse vector index is saved once, after the last chunk (each chunk writes only its own rows)."""
     known_paths = {row.path for row in store.rows()}
@@ -302,7 +347,7 @@ def _add(system: System, store: FeatureStore, database: FineGrainedDataset, chun
             digests.append(digest)
         if not samples:
             continue
-        rows, arrays, n_skipped = _database_features(system, samples, database.classes, classes, progress,
+        rows, arrays, n_skipped = _database_features(system, samples, database.classes, classes, progress, engine,
                                                      store.attributes.get("codes"))
         skipped += n_skipped
         if rows:
@@ -344,7 +389,7 @@ def _system_location(system: System, index_dir: Path) -> dict[str, str]:
     return {"relative": Path(os.path.relpath(absolute, index_dir.resolve())).as_posix(), "absolute": str(absolute)}
 
 
-def _find_system(store: FeatureStore, index_dir: Path) -> Path:
+def _find_system(store: FeatureStore | MilvusStore, index_dir: Path) -> Path:
     """The system folder the index names: relative to the index first (moved together), else where it was."""
     location = store.attributes["system"]
     for candidate in (index_dir / location["relative"], Path(location["absolute"])):
@@ -354,7 +399,7 @@ def _find_system(store: FeatureStore, index_dir: Path) -> Path:
                             f"nor at {location['absolute']}; pass its folder explicitly (system_dir / --system)")
 
 
-def _check_system(store: FeatureStore, system: System, index_dir: Path) -> None:
+def _check_system(store: FeatureStore | MilvusStore, system: System, index_dir: Path) -> None:
     """Refuse an index built by another system, naming the system files that changed since."""
     try:
         store.check_fingerprint(_fingerprint(system))
@@ -369,11 +414,12 @@ def _check_system(store: FeatureStore, system: System, index_dir: Path) -> None:
 
 def _database_features(
     system: System, samples: Sequence[Sample], source_classes: list[str], classes: list[str], progress: bool,
+    engine: str = "local",
     codes: int | None = None,
 ) -> tuple[list[StoreRow], dict[str, np.ndarray], int]:
     """Rows and arrays for the readable `samples` (with `codes`-bit codes when given); extends `classes` with new
     class names (in place)."""
-    f = image_features(system, samples, progress=progress)
+    f = image_features(system, samples, progress=progress, engine=engine)
     boxes = f.boxes if f.boxes is not None else np.zeros((len(f), 4), np.float32)
     arrays = {"coarse": f.coarse, "unified": f.unified, "box": boxes, **f.fine}
     if codes:
@@ -448,9 +494,10 @@ class RetrievalEngine:
         File sizes and counts are always checked, checksums too with `verify`; a damaged index raises
         CorruptIndexError naming the file."""
         path = Path(index_dir)
-        if not (path / MANIFEST).is_file():
-            raise FileNotFoundError(f"{path} is not a retrieval index (no {MANIFEST}); build one with `fgia index`")
-        store = FeatureStore.open(path, device=device, verify=verify)
+        if not has_store(path):
+            raise FileNotFoundError(f"{path} is not a retrieval index (no {MANIFEST} nor {DESCRIPTOR}); build one with "
+                                    "`fgia index`")
+        store = open_store(path, device=device, verify=verify)
         system = load_system(system_dir or _find_system(store, path), device)
         _check_system(store, system, path)
         if len(store) == 0:

@@ -52,6 +52,7 @@ from fgia.data.compose import labelled_set
 from fgia.data.protocols import hold_out_classes
 from fgia.data.readers import DatasetError
 from fgia.data.samples import FineGrainedDataset, Sample
+from fgia.features.distributed import extract_models_ray
 from fgia.features.extract import (
     FeatureSet,
     TrunkGroup,
@@ -346,13 +347,14 @@ class System:
         return name if name in self.models else UNIFIED
 
     def features(self, samples: Sequence[Sample] | None = None, images: Sequence[Image.Image] | None = None,
-                 progress: bool = False) -> dict[str, FeatureSet]:
+                 progress: bool = False, engine: str = "local") -> dict[str, FeatureSet]:
         """Every model's features of dataset samples or in-memory images, in one pass (unreadable samples skipped,
-        see `FeatureSet.index`)."""
+        see `FeatureSet.index`); `engine` "ray" extracts the samples on Ray (`extract_models_ray`)."""
         if images is not None:
             return extract_from_images(self.group, images, self.spec, device=self.config.device, keep_maps=True)
-        return extract_models(self.group, samples, self.spec, workers=self.config.workers,
-                              device=self.config.device, progress=progress)
+        extract = extract_models_ray if engine == "ray" else extract_models
+        return extract(self.group, samples, self.spec, workers=self.config.workers, device=self.config.device,
+                       progress=progress)
 
     def coarse(self, feats: dict[str, FeatureSet]) -> tuple[np.ndarray, np.ndarray]:
         """(full-d Conv-Net feature, `coarse_dim` coarse feature) of the unified model, both L2-normalised."""
