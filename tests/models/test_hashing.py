@@ -30,8 +30,8 @@ def test_one_relaxed_code_per_length(name):
         assert set(out.head_logits) == {"8", "12"} and out.head_logits["8"].shape == (3, 5)
         torch.testing.assert_close(out.logits, (out.head_logits["8"] + out.head_logits["12"]) / 2)
         # one attention map per part, a distribution over the positions of the last feature map
-        assert out.maps.shape[:2] == (3, 3)
-        torch.testing.assert_close(out.maps.sum((2, 3)), torch.ones(3, 3))
+        assert out.maps is None and out.attention.shape[:2] == (3, 3)
+        torch.testing.assert_close(out.attention.sum((2, 3)), torch.ones(3, 3))
     else:
         assert out.logits is None and out.head_logits == {} and out.maps is None
 

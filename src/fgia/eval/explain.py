@@ -172,8 +172,10 @@ def spread_histogram(spreads: dict[str, np.ndarray], bins: int = 20) -> dict:
 def plot_spread_histogram(histogram: dict, out: str | os.PathLike, title: str,
                           labels: dict[str, str] | None = None) -> Path:
     """The Fig. 5-style picture (one histogram per head, shared bins) as a PNG, written atomically."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("pictures need matplotlib: pip install 'fgia[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

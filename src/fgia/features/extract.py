@@ -45,8 +45,8 @@ class FeatureSet:
     image: (N, D) whole-image embeddings; region: (N, D) region embeddings (None without regions);
     boxes: (N, 4) region boxes x1, y1, x2, y2 in original image pixels (None without regions);
     predicted: (N,) predicted class (-1 for models without logits); index: (N,) positions in the input
-    samples; skipped: how many images could not be read; maps: (N, h, w) confidence maps of the region's
-    class when asked for.
+    samples; skipped: how many images could not be read; maps: (N, h, w) confidence maps of each
+    image's strongest class when asked for (None for a model without class-confidence maps).
     """
 
     image: np.ndarray
@@ -214,7 +214,10 @@ def featurize_batch(
     maps = confidence_map(outputs[region_from])
     if keep_maps:
         for name in names:
-            result[name].maps = confidence_map(outputs[name]) if name != region_from else maps
+            if name == region_from:
+                result[name].maps = maps
+            elif outputs[name].maps is not None:
+                result[name].maps = confidence_map(outputs[name])
     if regions:
         boxes = region_boxes(maps, spec.threshold, spec.min_area, upsample_to=size)
         source = images if zoomed is None else zoomed
@@ -339,6 +342,7 @@ def collect_features(
         return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(empty_shape, dtype)
 
     dim = getattr(model, "embedding_dim", 0)
+    has_maps = keep_maps and all(f.maps is not None for f, _, _ in parts)
     boxes = None
     if regions:
         boxes = cat(
@@ -351,5 +355,5 @@ def collect_features(
         predicted=cat([f.predicted.cpu().numpy() for f, _, _ in parts], (0,), np.int64),
         index=cat([i.numpy() for _, _, i in parts], (0,), np.int64),
         skipped=skipped,
-        maps=cat([f.maps.cpu().numpy() for f, _, _ in parts], (0, 0, 0), np.float32) if keep_maps else None,
+        maps=cat([f.maps.cpu().numpy() for f, _, _ in parts], (0, 0, 0), np.float32) if has_maps else None,
     )

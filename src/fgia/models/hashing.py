@@ -133,7 +133,7 @@ class HashingNet(FrozenLowerTrunk):
 
     def forward_top(self, lower: Tensor) -> ModelOutput:
         fmap = self.trunk.stages[self.frozen_stages :](lower)
-        feature, maps = self.pool(fmap.float())
+        feature, attention = self.pool(fmap.float())
         feature = self.drop(self.norm(feature))
         codes = {name: layer(feature) for name, layer in self.hash_layers.items()}
         scores = {name: classifier(codes[name]) for name, classifier in self.classifiers.items()}
@@ -141,7 +141,7 @@ class HashingNet(FrozenLowerTrunk):
             logits=torch.stack(list(scores.values())).mean(0) if scores else None,
             embedding=torch.cat(list(codes.values()), 1),
             head_logits=scores,
-            maps=maps,
+            attention=attention,
         )
 
 

@@ -90,8 +90,8 @@ class HashingLoss(nn.Module):
             for name, weight in self.weights.items():
                 if weight:
                     total = total + weight * _TERMS[name](u, labels)
-        if self.attention and output.maps is not None:
-            total = total + self.attention * attention_overlap_loss(output.maps.float())
+        if self.attention and output.attention is not None:
+            total = total + self.attention * attention_overlap_loss(output.attention.float())
         return total
 
 
