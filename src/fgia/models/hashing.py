@@ -1,6 +1,6 @@
 """Learned binary codes for fine-grained hashing: hash layers on a CNN trunk's last feature map.
 
-A hashing model gives every image one relaxed code per code length in `bits`: tanh(linear(feature)), values in
+A hashing model gives every image one relaxed code per code length in `bits`: tanh(BN(linear(feature))), values in
 (-1, 1), whose sign is the binary code (`fgia.features.binary.binarize`). Its `embedding` concatenates
 the relaxed codes of every length in `bits` order (`code_slices[b]` is where length b lies), so one extraction
 pass yields every length. Learning several lengths at once, one hash layer each on a shared feature, is a CPU
@@ -11,7 +11,7 @@ activations share a large positive component that would otherwise push every ima
 ECCV 2020). `parts` attention maps (a 1x1 conv, softmax over positions) pool the last feature map into part
 features; the global average and the part features (each projected to `part_dim` by one shared layer) form the
 attribute-aware feature every hash layer reads. Each code feeds a cosine classifier (`head_logits[str(b)]`;
-`logits` is their mean) and `maps` holds the part-attention maps (the loss keeps the parts apart).
+`logits` is their mean) and `attention` holds the part-attention maps (the loss keeps the parts apart).
 
 "deep_hash": the supervised deep-hashing baseline, GAP -> hash layers and nothing else (no classifier; trained
 with the DPSH pairwise likelihood of `fgia.train.hashing`).
@@ -70,14 +70,19 @@ class GlobalPool(nn.Module):
 
 
 class HashLayer(nn.Module):
-    """feature -> linear -> tanh: a relaxed `bits`-bit code."""
+    """feature -> linear -> BatchNorm -> tanh: a relaxed `bits`-bit code.
+
+    The BatchNorm keeps the pre-activations at unit scale: without it AdamW grew them past tanh's linear range
+    within an epoch (mean |u| 0.93), the gradients vanished and the codes stopped learning (48-bit mAP 0.093 vs
+    0.186 with it, 40 car models)."""
 
     def __init__(self, in_dim: int, bits: int) -> None:
         super().__init__()
         self.linear = nn.Linear(in_dim, bits)
+        self.norm = nn.BatchNorm1d(bits)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.tanh(self.linear(x))
+        return torch.tanh(self.norm(self.linear(x)))
 
 
 class CosineClassifier(nn.Module):
