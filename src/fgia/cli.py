@@ -123,7 +123,8 @@ def train(
     out: Path = typer.Option(DEFAULT_OUT / "system", help="system folder to write"),
     config: Path | None = typer.Option(None, help="SystemConfig YAML, or a run config with a `system:` section "
                                        "and optionally a `datasets:` list of {category, path[, format]} (paths "
-                                       "relative to the current folder)"),
+                                       "relative to the current folder); default: the recipe measured on real "
+                                       "photos (configs/real.yaml: EfficientNet-Lite0, 160 px)"),
     backbone: str | None = typer.Option(None, help="timm backbone name (default: the one the weights fit)"),
     weights: str | None = typer.Option(None, help="'hub', a .pth/.safetensors file, or efficientnet-lite0/1/2"),
     epochs: int | None = typer.Option(None),
@@ -183,18 +184,21 @@ def _yaml(path: Path | None) -> dict:
 
 
 def _system_config(path: Path | None, **overrides):
-    """A SystemConfig from YAML (a whole run config such as configs/demo.yaml gives its `system:` section);
-    efficientnet-liteN weights choose their backbone unless one is given."""
+    """A SystemConfig from YAML (a whole run config such as configs/demo.yaml gives its `system:` section; without
+    one, the recipe measured on real photos, configs/real.yaml); efficientnet-liteN weights choose their backbone
+    unless one is chosen (on the command line or in the given YAML)."""
     import re
 
     from fgia.config import from_dict
+    from fgia.eval.osfgir import default_config
     from fgia.retrieval.system import SystemConfig
 
-    data = _yaml(path)
+    data = _yaml(path or default_config("real.yaml"))
     data = dict(data.get("system", {} if "datasets" in data else data))
+    chosen_backbone = overrides.get("backbone") is not None or (path is not None and "backbone" in data)
     data.update({k: v for k, v in overrides.items() if v is not None})
     lite = re.fullmatch(r"efficientnet-lite(\d)", str(data.get("weights")))
-    if lite and "backbone" not in data:
+    if lite and not chosen_backbone:
         data["backbone"] = f"tf_efficientnet_lite{lite.group(1)}"
     return from_dict(SystemConfig, data)
 

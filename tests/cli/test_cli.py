@@ -150,3 +150,16 @@ def test_bench_methods_synthetic_keeps_the_single_table(tmp_path, monkeypatch, c
                            "--config", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "t.md"))
     assert code == 0 and "| gap-offtheshelf |" in out
     assert json.loads((tmp_path / "t.json").read_text())["rows"][0]["method"] == "gap-offtheshelf"
+
+
+def test_train_without_a_config_uses_the_recipe_measured_on_real_photos(tmp_path):
+    from fgia.cli import _system_config
+
+    default = _system_config(None)
+    assert (default.backbone, default.weights, default.image_size) == ("tf_efficientnet_lite0", "efficientnet-lite0", 160)
+    assert _system_config(None, weights="efficientnet-lite2").backbone == "tf_efficientnet_lite2"
+    assert _system_config(None, backbone="resnet50", weights="hub").backbone == "resnet50"
+    own = tmp_path / "own.yaml"
+    own.write_text("backbone: resnet18\nweights: efficientnet-lite1\n")
+    assert _system_config(own).backbone == "resnet18"  # a backbone the user chose stays
+    assert _system_config(own).image_size == 64  # a user's YAML starts from SystemConfig's defaults
