@@ -74,7 +74,7 @@ def test_bench_on_a_tiny_set(tiny_synth, tmp_path):
 
 def test_results_files_are_written(tiny_synth, tmp_path, monkeypatch):
     ds = read_dataset(tiny_synth)
-    monkeypatch.setattr("fgia.eval.hashing.read_shared", lambda root, names, cap: {"tiny": ds})
+    monkeypatch.setattr("fgia.eval.realdata.read_shared", lambda root, names, cap: {"tiny": ds})
     cfg = HashingBenchConfig(splits=("zero-shot",), bits=(8,), learned=("deep_hash",), unsupervised=("lsh",),
                              hash_epochs=1, pk_images=2, recipe=TINY_RECIPE)
     run_hashing_bench("unused", cfg, tmp_path, name="h")

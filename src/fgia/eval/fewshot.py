@@ -36,8 +36,8 @@ from fgia.eval.realdata import (
     embed,
     epoch_logger,
     machine,
-    read_shared,
-    shared_cache,
+    run_shared_bench,
+    timed_shared_cache,
 )
 from fgia.features.extract import extract_features
 from fgia.features.pca import l2_normalize
@@ -263,9 +263,7 @@ def bench_fewshot(datasets: dict[str, FineGrainedDataset], cfg: FewShotBenchConf
     times); `on_progress(payload)` after every dataset; trained models go to `save_dir/<dataset>/<method>`."""
     cfg = cfg or FewShotBenchConfig()
     start = time.perf_counter()
-    cache = shared_cache(cfg.recipe, datasets, progress=progress)
-    cache_s = time.perf_counter() - start
-    log(f"trunk cache: {sum(len(d) for d in datasets.values())} images in {cache_s:.0f} s")
+    cache, cache_s = timed_shared_cache(cfg.recipe, datasets, progress, log)
     rows: list[FewShotRow] = []
     payload: dict[str, Any] = {}
     for name, ds in datasets.items():
@@ -327,17 +325,8 @@ def run_fewshot_bench(shared: str | os.PathLike, cfg: FewShotBenchConfig | None 
                       progress: bool = False) -> dict[str, Any]:
     """`fgia bench fewshot`: the benchmark on the datasets under `shared`, writing `<name>_<device>.json` and `.md`
     into `results_dir` after every dataset."""
-    cfg = cfg or FewShotBenchConfig()
-    out = Path(results_dir) / f"{name}_{pick_device(cfg.recipe.device).type}"
-
-    def write(payload: dict[str, Any]) -> None:
-        atomic_write_text(out.with_suffix(".json"), json.dumps(payload, indent=1))
-        atomic_write_text(out.with_suffix(".md"), fewshot_markdown(payload))
-
-    payload = bench_fewshot(read_shared(shared, cfg.datasets, cfg.max_images_per_class), cfg, write,
-                            progress=progress, log=lambda line: print(line, flush=True))
-    print(fewshot_markdown(payload), flush=True)
-    return payload
+    return run_shared_bench(shared, cfg or FewShotBenchConfig(), bench_fewshot, fewshot_markdown, results_dir, name,
+                            progress)
 
 
 def run_fewshot_eval(data: str | os.PathLike, out_dir: str | os.PathLike,

@@ -18,7 +18,6 @@ bytes/image the packed code (4 x dim for float features).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -37,15 +36,15 @@ from fgia.eval.realdata import (
     embed,
     epoch_logger,
     machine,
-    read_shared,
-    shared_cache,
+    run_shared_bench,
+    timed_shared_cache,
 )
 from fgia.features.binary import BinaryEncoder, binarize
 from fgia.features.pca import l2_normalize
 from fgia.index import create_index
 from fgia.index.vector_index import code_bytes
 from fgia.metrics import evaluate_hamming, evaluate_retrieval
-from fgia.runtime import atomic_write_text, pick_device
+from fgia.runtime import pick_device
 from fgia.train.cache import TrunkCache
 from fgia.train.trainer import fit
 
@@ -297,9 +296,7 @@ def bench_hashing(datasets: dict[str, FineGrainedDataset], cfg: HashingBenchConf
     times); `on_progress(payload)` after every split."""
     cfg = cfg or HashingBenchConfig()
     start = time.perf_counter()
-    cache = shared_cache(cfg.recipe, datasets, progress=progress)
-    cache_s = time.perf_counter() - start
-    log(f"trunk cache: {sum(len(d) for d in datasets.values())} images in {cache_s:.0f} s")
+    cache, cache_s = timed_shared_cache(cfg.recipe, datasets, progress, log)
     rows: list[HashingRow] = []
     payload: dict[str, Any] = {}
     for dataset_name, ds in datasets.items():
@@ -329,17 +326,8 @@ def run_hashing_bench(shared: str | os.PathLike, cfg: HashingBenchConfig | None 
                       progress: bool = False) -> dict[str, Any]:
     """`fgia bench hashing`: the benchmark on the datasets under `shared`, writing `<name>_<device>.json` and `.md`
     into `results_dir` after every split (an interrupted run keeps what it measured)."""
-    cfg = cfg or HashingBenchConfig()
-    out = Path(results_dir) / f"{name}_{pick_device(cfg.recipe.device).type}"
-
-    def write(payload: dict[str, Any]) -> None:
-        atomic_write_text(out.with_suffix(".json"), json.dumps(payload, indent=1))
-        atomic_write_text(out.with_suffix(".md"), hashing_markdown(payload))
-
-    payload = bench_hashing(read_shared(shared, cfg.datasets, cfg.max_images_per_class), cfg, write, progress,
-                            log=lambda line: print(line, flush=True))
-    print(hashing_markdown(payload), flush=True)
-    return payload
+    return run_shared_bench(shared, cfg or HashingBenchConfig(), bench_hashing, hashing_markdown, results_dir, name,
+                            progress)
 
 
 def _split_sizes(datasets: dict[str, FineGrainedDataset], cfg: HashingBenchConfig) -> dict[str, Any]:

@@ -10,8 +10,10 @@ Its cosine-head CN-Nets (`head="cosine"`) is the learned real-valued embedding t
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from fgia.data import read_dataset
 from fgia.data.samples import FineGrainedDataset, Sample
 from fgia.features.descriptors import DescriptorModel, create_descriptor
 from fgia.models import create_trunk
-from fgia.runtime import pick_device, seed_everything
+from fgia.runtime import atomic_write_text, pick_device, seed_everything
 from fgia.train.cache import TrunkCache, trunk_cache
 from fgia.train.config import TrainConfig
 from fgia.train.trainer import normalisation
@@ -111,6 +113,34 @@ def shared_cache(recipe: Recipe, datasets: Mapping[str, FineGrainedDataset], pro
                        views=recipe.cache_views, cache_dir=recipe.cache_dir, budget_gb=recipe.cache_budget_gb,
                        device=pick_device(recipe.device), batch_size=64,
                        workers=recipe.workers, progress=progress)
+
+
+def timed_shared_cache(recipe: Recipe, datasets: Mapping[str, FineGrainedDataset], progress: bool,
+                       log: Callable[[str], None]) -> tuple[TrunkCache, float]:
+    """`shared_cache` and the seconds it took, logged."""
+    start = time.perf_counter()
+    cache = shared_cache(recipe, datasets, progress=progress)
+    seconds = time.perf_counter() - start
+    log(f"trunk cache: {sum(len(d) for d in datasets.values())} images in {seconds:.0f} s")
+    return cache, seconds
+
+
+def run_shared_bench(shared: str | os.PathLike, cfg: Any, bench: Callable[..., dict[str, Any]],
+                     markdown: Callable[[dict[str, Any]], str], results_dir: str | os.PathLike, name: str,
+                     progress: bool) -> dict[str, Any]:
+    """Run `bench(datasets, cfg, on_progress=..., progress=..., log=...)` on the shared datasets under `shared`
+    (`cfg.datasets`, capped at `cfg.max_images_per_class`), writing `<name>_<device>.json` and `.md` into
+    `results_dir` at every progress report (an interrupted run keeps what it measured); print the table."""
+    out = Path(results_dir) / f"{name}_{pick_device(cfg.recipe.device).type}"
+
+    def write(payload: dict[str, Any]) -> None:
+        atomic_write_text(out.with_suffix(".json"), json.dumps(payload, indent=1))
+        atomic_write_text(out.with_suffix(".md"), markdown(payload))
+
+    payload = bench(read_shared(shared, cfg.datasets, cfg.max_images_per_class), cfg, on_progress=write,
+                    progress=progress, log=lambda line: print(line, flush=True))
+    print(markdown(payload), flush=True)
+    return payload
 
 
 def embed(cache: TrunkCache, model: nn.Module, ds: FineGrainedDataset) -> tuple[np.ndarray, np.ndarray]:
