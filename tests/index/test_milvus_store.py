@@ -135,3 +135,28 @@ def test_damage_and_bad_configs_are_refused(tmp_path, data):
     store.client.drop_collection(store.descriptor["collections"]["fine/birds"])
     with pytest.raises(CorruptIndexError, match="is missing"):
         MilvusStore.open(tmp_path / "index")
+
+
+def test_lite_reload_retries_an_index_file_still_being_written(tmp_path, data, monkeypatch):
+    from pymilvus.exceptions import MilvusException
+
+    rows, arrays, _ = data
+    store = _milvus(tmp_path, rows, arrays, "IVF16,Flat")
+    real_load, calls = store.client.load_collection, []
+
+    def load_once_mid_write(collection, **kwargs):
+        calls.append(collection)
+        if len(calls) == 1:
+            raise MilvusException(message="read error in data_000001.vector.ivf_flat.idx: 2173 != 17280")
+        return real_load(collection, **kwargs)
+
+    monkeypatch.setattr(store.client, "load_collection", load_once_mid_write)
+    store.save_indexes()
+    assert calls[0] == calls[1] and len(calls) == len(store.collections) + 1
+
+    def load_fails(collection, **kwargs):
+        raise MilvusException(message="collection not found")
+
+    monkeypatch.setattr(store.client, "load_collection", load_fails)
+    with pytest.raises(MilvusException, match="not found"):
+        store.save_indexes()

@@ -467,16 +467,29 @@ class MilvusStore:
 
         Milvus Lite builds segment indexes in the background after a flush and reports them finished at once
         (searches meanwhile scan the unindexed segments exhaustively); reloading a collection builds the missing
-        ones before it returns."""
+        ones before it returns. A reload can meet an index file the background build is still writing ("read
+        error"); it is retried until the deadline."""
         deadline = time.monotonic() + timeout_s
         for collection in self.collections:
             if is_lite(self.uri):
-                self.client.release_collection(collection)
-                self.client.load_collection(collection)
+                self._reload_lite(collection, deadline)
                 continue
             while self.client.describe_index(collection, "vector").get("pending_index_rows", 0):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"Milvus at {self.uri} did not finish indexing {collection} in {timeout_s} s")
+                time.sleep(0.2)
+
+    def _reload_lite(self, collection: str, deadline: float) -> None:
+        from pymilvus.exceptions import MilvusException
+
+        while True:
+            self.client.release_collection(collection)
+            try:
+                self.client.load_collection(collection)
+                return
+            except MilvusException as exc:
+                if "read error" not in str(exc) or time.monotonic() > deadline:
+                    raise
                 time.sleep(0.2)
 
     def drop(self) -> None:
