@@ -66,6 +66,17 @@ def test_attention_crop_row_is_not_cached(setting):
     assert not row.cached and "no cache" in row.trainable and row.n_test == len(test)
 
 
+def test_attention_crop_warm_start_trains_the_first_pass_before_both(setting):
+    recipe, trunk, cache, train, test, _ = setting
+    cold, _ = MethodEmbedder(train, recipe, cache).train("attention_crop")
+    warm_recipe = replace(recipe, warm_start_epochs={"attention_crop": 2})
+    warm, _ = MethodEmbedder(train, warm_recipe, cache).train("attention_crop")
+    # same seed and the same final training: only the warm start can make the weights differ
+    assert not np.allclose(cold.classifier.weight.detach().numpy(), warm.classifier.weight.detach().numpy())
+    frozen = trunk.stages[:4].state_dict()
+    assert all(np.array_equal(v.numpy(), warm.trunk.stages[:4].state_dict()[k].numpy()) for k, v in frozen.items())
+
+
 def test_linear_probe_learns_separable_features(setting):
     recipe, trunk, cache, train, test, _ = setting
     row, c = linear_probe(cache, trunk, 4, train, test, cs=(0.1, 1.0), seed=0, device="cpu")

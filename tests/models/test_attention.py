@@ -88,3 +88,20 @@ def test_frozen_stages_are_fixed_but_never_cached(tiny_synth):
     assert result.history[0]["loss"] > 0
     with pytest.raises(ValueError, match="frozen_stages must be in"):
         create_model("attention_crop", num_classes=2, backbone="resnet18", frozen_stages=5)
+
+
+def test_first_pass_is_the_whole_image_pass_on_shared_weights():
+    model = create_model("attention_crop", num_classes=3, backbone="resnet18", frozen_stages=3).eval()
+    first = model.first_pass()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        out, alone = model(x), first(x)
+    assert torch.allclose(alone.logits, out.head_logits["full"], atol=1e-5)
+    assert torch.allclose(alone.maps, out.maps, atol=1e-5)
+    assert list(first.lower_trunk()) == list(model.lower_trunk()) and first.frozen_stages == 3
+    # training the first pass trains the crop model's own classifier
+    first.train()
+    first(x).logits.sum().backward()
+    assert model.classifier.weight.grad is not None
+    with pytest.raises(ValueError, match="frozen_stages=0"):
+        create_model("attention_crop", num_classes=3, backbone="resnet18").first_pass()

@@ -45,8 +45,10 @@ def test_onnx_export_gives_the_systems_features_through_onnxruntime(built, tmp_p
     assert len(system.models) > 2  # unified, category models and off-the-shelf over one frozen trunk
     result = export_system(system, tmp_path / "export", "onnx")
     manifest = json.loads(result.manifest.read_text())
-    assert manifest["fingerprint"] == system.fingerprint and manifest["models"] == list(system.models)
-    assert {f"{name}/embedding" for name in system.models} <= set(manifest["outputs"])
+    assert manifest["fingerprint"] == system.fingerprint and manifest["models"] == list(system.group.models)
+    # every model the graph runs is listed, and every listed one has its outputs
+    assert {f"{name}/embedding" for name in manifest["models"]} <= set(manifest["outputs"])
+    assert {o.split("/")[0] for o in manifest["outputs"]} == set(manifest["models"]) >= set(system.models)
     images = [load_image(s.path) for s in built.split.database.samples[:5]]  # batch 5, exported with 2
     session = ort.InferenceSession(str(result.graph), providers=["CPUExecutionProvider"])
     outputs = dict(zip(manifest["outputs"], session.run(None, {"images": _preprocess(images, manifest)})))

@@ -46,7 +46,7 @@ from fgia.features.descriptors import (
 from fgia.features.extract import extract_models, group_spec
 from fgia.features.pca import l2_normalize
 from fgia.metrics import evaluate_retrieval
-from fgia.models import create_network, create_trunk
+from fgia.models import create_model, create_network, create_trunk
 from fgia.models.frozen import FrozenLowerTrunk
 from fgia.models.spec import ExtractionSpec
 from fgia.runtime import atomic_write_text, pick_device, seed_everything
@@ -93,6 +93,8 @@ class MethodsConfig:
     train_options: dict[str, Any] = field(default_factory=dict)  # any TrainConfig field (over the above)
     aliases: dict[str, str] = field(default_factory=dict)  # method name -> the registered model it varies
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> TrainConfig overrides
+    # method -> epochs its model's `first_pass()` trains alone (on the trunk cache) before the method's own training
+    warm_start_epochs: dict[str, int] = field(default_factory=dict)
     synth: SynthConfig = field(default_factory=SynthConfig)  # the benchmark generated when no dataset is given
 
     def __post_init__(self) -> None:
@@ -227,9 +229,22 @@ class MethodEmbedder:
             train_cfg = TrainConfig(**{**fields, **cfg.train_options, **cfg.method_options.get(method, {})})
             self.train_configs[method] = train_cfg
             start = time.perf_counter()
-            result = fit(train_cfg, self.fit_set, None, progress=False)
+            result = fit(train_cfg, self.fit_set, None, progress=False, model=self._warm_started(method, train_cfg))
             self.trained[method] = (result.model, time.perf_counter() - start)
         return self.trained[method]
+
+    def _warm_started(self, method: str, train_cfg: TrainConfig) -> nn.Module | None:
+        """The method's model after `warm_start_epochs` of its first pass alone (None: no warm start; `fit`
+        builds the model)."""
+        epochs = self.cfg.warm_start_epochs.get(method, 0)
+        if not epochs:
+            return None
+        seed_everything(train_cfg.seed)  # the initial weights `fit` would build
+        model = create_model(train_cfg.model, num_classes=len(self.fit_set.classes), **train_cfg.model_kwargs)
+        warm_cfg = replace(train_cfg, epochs=epochs, warmup_epochs=min(train_cfg.warmup_epochs, float(epochs)),
+                           cache_trunk=True)
+        fit(warm_cfg, self.fit_set, None, progress=False, model=model.first_pass())
+        return model
 
     def offtheshelf_trunk(self) -> nn.Module:
         """One untrained-on-aux trunk for every off-the-shelf descriptor (seeded, so random weights agree too)."""

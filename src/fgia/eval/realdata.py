@@ -152,8 +152,12 @@ def embed(cache: TrunkCache, model: nn.Module, ds: FineGrainedDataset) -> tuple[
 
 def epoch_logger(log: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
     """An `on_epoch_end` callback for `fit` that logs the epoch's loss, accuracy and seconds."""
-    return lambda r: log(f"  epoch {r['epoch']}: loss {r['loss']:.3f}, train top-1 {r['train_top1']:.3f}, "
-                         f"{r['seconds']:.0f} s")
+
+    def line(r: dict[str, Any]) -> None:
+        top1 = "" if r["train_top1"] is None else f", train top-1 {r['train_top1']:.3f}"
+        log(f"  epoch {r['epoch']}: loss {r['loss']:.3f}{top1}, {r['seconds']:.0f} s")
+
+    return line
 
 
 def machine() -> str:

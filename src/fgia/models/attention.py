@@ -5,6 +5,8 @@ region's box (`fgia.models.regions`) -> crop of the input (roi_align) -> second 
 -> fused logits. Both passes are trained with the classification loss (`head_logits` "full" and "crop").
 `frozen_stages` fixes the trunk's first stages (`fgia.models.frozen.FrozenStages`); their output cannot be cached
 as the other models' is, since the second pass needs the image itself, so they still run twice per image and step.
+`first_pass()` is the whole-image pass alone, which can train on the cache: RA-CNN pre-trains its classification
+sub-network before the attention, and a crop taken from an untrained CAM is a random one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from fgia.models.backbones import create_trunk
-from fgia.models.frozen import FrozenStages, check_frozen_stages
+from fgia.models.frozen import FrozenLowerTrunk, FrozenStages, check_frozen_stages
 from fgia.models.output import ModelOutput
 from fgia.models.regions import region_boxes
 from fgia.models.registry import register_model
@@ -47,9 +49,18 @@ class AttentionCrop(FrozenStages):
         return self.trunk.stages[: self.frozen_stages] if self.frozen_stages else nn.Sequential()
 
     def _pass(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        fmap = self.trunk(images)
+        return self.classify(self.trunk(images))
+
+    def classify(self, fmap: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(logits, CAMs, GAP feature) of one pass's last feature map."""
         cams = self.classifier(fmap)
         return cams.mean(dim=(2, 3)), cams, fmap.mean(dim=(2, 3))
+
+    def first_pass(self) -> AttentionFirstPass:
+        """The whole-image pass alone, sharing this model's weights (see the module docstring)."""
+        if not self.frozen_stages:
+            raise ValueError("the first pass trains on cached frozen stages; this model has frozen_stages=0")
+        return AttentionFirstPass(self)
 
     def crop_boxes(self, cams: Tensor, logits: Tensor, image_size: tuple[int, int]) -> Tensor:
         """Pixel boxes (B, 4) as (x1, y1, x2, y2): the region of the CAM of each image's predicted class."""
@@ -71,6 +82,25 @@ class AttentionCrop(FrozenStages):
             head_logits={"full": logits_full, "crop": logits_crop},
             maps=cams,
         )
+
+
+class AttentionFirstPass(FrozenLowerTrunk):
+    """An `AttentionCrop`'s whole-image pass as a model of its own (same modules, so training it trains them):
+    logits and CAMs from the cached output of the frozen stages."""
+
+    def __init__(self, model: AttentionCrop):
+        super().__init__()
+        self.crop_model = model
+        self.frozen_stages, self.num_classes = model.frozen_stages, model.num_classes
+        self.embedding_dim = model.trunk.out_channels
+        self.mean, self.std = model.mean, model.std
+
+    def lower_trunk(self) -> nn.Sequential:
+        return self.crop_model.lower_trunk()
+
+    def forward_top(self, lower: Tensor) -> ModelOutput:
+        logits, cams, feature = self.crop_model.classify(self.crop_model.trunk.stages[self.frozen_stages :](lower))
+        return ModelOutput(logits=logits, embedding=feature, maps=cams)
 
 
 @register_model(name="attention_crop")

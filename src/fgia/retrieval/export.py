@@ -108,7 +108,7 @@ def export_system(system: System | str | os.PathLike, out_dir: str | os.PathLike
         "outputs": graph.output_names,
         "flip_averaged": cfg.flip,
         "spec": system.spec.to_dict(),
-        "models": list(system.models),
+        "models": list(system.group.models),  # the hashing model too, when the system has one
         "categories": system.categories,
         "system": str(system.path.resolve()),
         "fingerprint": system.fingerprint,

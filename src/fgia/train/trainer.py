@@ -280,6 +280,7 @@ class _Trainer:
         device, cfg = self.ctx.device, self.cfg
         task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(self.loader), loss=0.0, acc=0.0)
         loss_sum = correct = seen = 0.0
+        classifies = False  # embedding-only models (metric losses, hash codes) have no top-1 to report
         start = time.perf_counter()
         for images, labels, _ in self.loader:
             images = images.to(device, non_blocking=True, memory_format=self.memory_format)
@@ -298,12 +299,14 @@ class _Trainer:
             self.scheduler.step()
             loss_sum += loss.item() * len(labels)
             if logits is not None:
+                classifies = True
                 correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
             bar.update(task, images=len(labels), loss=loss_sum / seen, acc=correct / seen)
         bar.remove_task(task)
         loss_sum, correct, seen = all_reduce_sum(self.ctx, [loss_sum, correct, seen])
-        return {"loss": loss_sum / seen, "train_top1": correct / seen, "lr": max(self.scheduler.get_last_lr()),
+        return {"loss": loss_sum / seen, "train_top1": correct / seen if classifies else None,
+                "lr": max(self.scheduler.get_last_lr()),
                 "seconds": time.perf_counter() - start}
 
     def check_in_sync(self) -> None:
