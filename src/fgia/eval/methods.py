@@ -46,13 +46,13 @@ from fgia.features.descriptors import (
 from fgia.features.extract import extract_models, group_spec
 from fgia.features.pca import l2_normalize
 from fgia.metrics import evaluate_retrieval
-from fgia.models import create_model, create_network, create_trunk
+from fgia.models import create_network, create_trunk
 from fgia.models.frozen import FrozenLowerTrunk
 from fgia.models.spec import ExtractionSpec
 from fgia.runtime import atomic_write_text, pick_device, seed_everything
 from fgia.train.cache import TrunkCache, cache_key
 from fgia.train.config import TrainConfig
-from fgia.train.trainer import fit
+from fgia.train.trainer import fit, initial_model
 
 CE_MODELS = ("plain", "cnnets", "bilinear", "compact_bilinear", "attention_crop")
 METRIC_LOSSES = ("proxy_anchor", "multi_similarity", "triplet", "arcface", "normalized_softmax")
@@ -239,8 +239,8 @@ class MethodEmbedder:
         epochs = self.cfg.warm_start_epochs.get(method, 0)
         if not epochs:
             return None
-        seed_everything(train_cfg.seed)  # the initial weights `fit` would build
-        model = create_model(train_cfg.model, num_classes=len(self.fit_set.classes), **train_cfg.model_kwargs)
+        seed_everything(train_cfg.seed)
+        model = initial_model(train_cfg, self.fit_set)
         warm_cfg = replace(train_cfg, epochs=epochs, warmup_epochs=min(train_cfg.warmup_epochs, float(epochs)),
                            cache_trunk=True)
         fit(warm_cfg, self.fit_set, None, progress=False, model=model.first_pass())

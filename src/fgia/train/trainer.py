@@ -161,6 +161,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
+def initial_model(cfg: TrainConfig, train: FineGrainedDataset) -> nn.Module:
+    """The untrained model `fit` builds when given none (after `seed_everything(cfg.seed)`, the same weights)."""
+    return create_model(cfg.model, num_classes=len(train.classes), **cfg.model_kwargs)
+
+
 class _Trainer:
     """The state of one `fit` call; split out so each step of the loop reads on its own."""
 
@@ -172,8 +177,7 @@ class _Trainer:
         self.show = progress and self.ctx.is_main
         self.console = Console(quiet=not self.show)
         seed_everything(cfg.seed)  # identical initial weights on every rank
-        self.model = model if model is not None else create_model(
-            cfg.model, num_classes=len(train.classes), **cfg.model_kwargs)
+        self.model = model if model is not None else initial_model(cfg, train)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.mean, self.std = normalisation(self.model, cfg.mean, cfg.std)
         self.model.spec = model_spec(self.model, image_size=cfg.image_size, mean=self.mean, std=self.std)
