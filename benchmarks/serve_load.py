@@ -22,6 +22,8 @@ import io
 import json
 import os
 import platform
+import shlex
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -31,6 +33,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from fgia.runtime import pick_device
 from fgia.serve import ServeConfig
 from fgia.serve.server import serve_subprocess
 
@@ -231,6 +234,7 @@ def write_report(result: dict, cfg: LoadConfig, name: str) -> tuple[Path, Path]:
                                 for k, t in targets.items()) + (
             f" (offline batched throughput of the same engine: {result['offline_qps']:.2f} queries/s)"
             if result.get("offline_qps") else "") + ".", "",
+        f"Command: `{result['command']}`", "",
     ]
     md_path.write_text("\n".join(md))
     return json_path, md_path
@@ -249,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batching", choices=("on", "off"), default="on")
     parser.add_argument("--name", default=None, help="results file stem under benchmarks/results/ (default: "
-                        "serve_load, or serve_load_bombs_<device> with --bombs)")
+                        "serve_load_<device>, or serve_load_bombs_<device> with --bombs)")
     parser.add_argument("--bombs", type=int, default=0, help="upload this many decode bombs at once instead")
     parser.add_argument("--pid", type=int, help="the server's process id, for --bombs with --url")
     args = parser.parse_args(argv)
@@ -286,7 +290,10 @@ def main(argv: list[str] | None = None) -> None:
                               startup_timeout_s=300) as server:
             result = asyncio.run(run_load(server.url, cfg))
         result["offline_qps"] = round(offline, 3)
-    paths = write_report(result, cfg, args.name or "serve_load")
+    result["command"] = shlex.join(["python", "benchmarks/serve_load.py", *(sys.argv[1:] if argv is None else argv)])
+    result["index_dir"] = str(args.index_dir) if args.index_dir else None
+    device_kind = "cuda" if str(pick_device(cfg.device)).startswith("cuda") else "cpu"
+    paths = write_report(result, cfg, args.name or f"serve_load_{device_kind}")
     print(json.dumps({k: v for k, v in result.items() if k != "server_stats"}, indent=2))
     print("wrote", *paths)
 

@@ -20,6 +20,7 @@ from fgia.features.extract import (
     extract_models,
     group_spec,
     normalize,
+    prepare_model,
 )
 from fgia.models import ExtractionSpec, ModelOutput, create_model, model_spec
 
@@ -192,3 +193,12 @@ def test_models_expecting_different_inputs_are_not_extracted_together():
     other_norm.spec = model_spec(other_norm, mean=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="different inputs"):
         group_spec({"a": trained_at_64, "b": other_norm}, image_size=32)
+
+
+def test_prepare_model_puts_the_model_back_in_eval_mode_every_time():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    assert prepare_model(model, "cpu") is model and not model.training
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    model.train()  # e.g. a fine-tuning step between two extractions
+    prepare_model(model, "cpu")
+    assert not model.training and not model[1].training

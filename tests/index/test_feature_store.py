@@ -54,6 +54,9 @@ def test_append_open_search(tmp_path):
     np.testing.assert_array_equal(reopened.routes(), [i % 2 for i in range(10)] + [i % 2 for i in range(6)])
     # fetch: vectors by item id, any shape, padding (-1) as zeros
     np.testing.assert_allclose(reopened.fetch("coarse", np.array([[12, -1]])), [[coarse[12], np.zeros(8)]])
+    # distances: squared L2 from each query to its ids' vectors, padding as inf
+    np.testing.assert_allclose(reopened.distances("coarse", coarse[[3]], np.array([[3, 12, -1]])),
+                               [[0, ((coarse[3] - coarse[12]) ** 2).sum(), np.inf]], rtol=1e-5)
 
     # Searching a stored vector finds its own id first, in both indexes.
     _, ids = reopened.search("coarse", coarse[[3, 12]], k=3)

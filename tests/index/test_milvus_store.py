@@ -99,6 +99,11 @@ def test_reopened_store_serves_rows_arrays_and_fetch(tmp_path, data):
     ids = np.array([[5, -1, 1999], [0, 0, -1]])
     fetched = MilvusStore.open(tmp_path / "index").fetch("fine/birds", ids)  # from Milvus, not a cached array
     np.testing.assert_array_equal(fetched, np.where((ids >= 0)[..., None], arrays["fine/birds"][ids], 0))
+    queries = arrays["fine/birds"][[7, 8]]
+    expected = ((arrays["fine/birds"][ids] - queries[:, None]) ** 2).sum(-1)
+    for store_now in (MilvusStore.open(tmp_path / "index"), store):  # from Milvus, then from the array read above
+        np.testing.assert_allclose(store_now.distances("fine/birds", queries, ids),
+                                   np.where(ids >= 0, expected, np.inf), rtol=1e-5)
     with pytest.raises(IndexMismatchError, match="model"):
         open_store(tmp_path / "index", expected_fingerprint={"model": "m2"})
 

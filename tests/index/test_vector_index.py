@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fgia.index import IndexMismatchError, VectorIndex, create_index
+from fgia.index.vector_index import sq_distances_by_id
 
 
 def _clustered(n, dim, seed=0, n_clusters=20):
@@ -212,3 +213,15 @@ def test_bad_input_gets_clear_errors(tmp_path):
         VectorIndex.load(tmp_path / "junk")
     with pytest.raises(FileNotFoundError):
         VectorIndex.load(tmp_path / "missing")
+
+
+def test_sq_distances_by_id_matches_hand_computed_and_pads():
+    vectors = np.array([[0, 0, 0], [3, 4, 0], [1, 1, 1]], dtype=np.float32)
+    queries = np.array([[0, 0, 0], [1, 0, 0]], dtype=np.float32)
+    ids = np.array([[1, 2, -1], [0, 1, 1]])
+    expected = [[25, 3, np.inf], [1, 4 + 16, 4 + 16]]
+    np.testing.assert_allclose(sq_distances_by_id(vectors, queries, ids), expected)
+    # Queries shorter than the rows compare with their leading columns (the image part of a fine feature).
+    np.testing.assert_allclose(sq_distances_by_id(vectors, queries[:, :2], ids), [[25, 2, np.inf], [1, 20, 20]])
+    with pytest.raises(ValueError, match="must agree"):
+        sq_distances_by_id(vectors, queries, ids[:1])

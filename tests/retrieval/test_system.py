@@ -19,6 +19,8 @@ def test_config_validates_and_resolves_top_k():
     assert SystemConfig(top_k=50, top_k_fraction=None).resolve_top_k(1000) == 50
     assert SystemConfig(top_k_fraction=0.25).resolve_top_k(1000) == 250
     assert SystemConfig(top_k_fraction=0.001).resolve_top_k(10) == 1
+    assert SystemConfig(top_k=100, top_k_fraction=0.25).resolve_top_k(1000) == 100  # the fraction, capped
+    assert SystemConfig(top_k=100, top_k_fraction=0.25).resolve_top_k(300) == 75
     for bad in ({"top_k_fraction": 0.0}, {"threshold": 1.5}, {"qe_top": -1}, {"coarse_dim": 0}):
         with pytest.raises(ValueError):
             SystemConfig(**bad)

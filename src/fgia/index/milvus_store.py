@@ -35,7 +35,12 @@ from fgia.index.store import (
     fingerprint_diff,
     validate_append,
 )
-from fgia.index.vector_index import IndexConfig, IndexMismatchError, VectorIndex
+from fgia.index.vector_index import (
+    IndexConfig,
+    IndexMismatchError,
+    VectorIndex,
+    sq_distances_by_id,
+)
 from fgia.runtime import atomic_write_text, write_error
 
 if TYPE_CHECKING:  # pymilvus is imported on first use: it is an optional dependency (the `scale` extra)
@@ -358,6 +363,17 @@ class MilvusStore:
             raise CorruptIndexError(self._damaged(f"collection {self._collection(name)} lacks some of the ids asked for"))
         found = values[order][np.searchsorted(wanted, np.maximum(ids, 0))]  # -1 maps to a row it then zeroes
         return np.where((ids >= 0)[..., None], found, out).astype(np.float32, copy=False)
+
+    def distances(self, name: str, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Squared Euclidean distances (Q, n) from each query (Q, d) to array `name`'s vectors of its item ids
+        (Q, n), over their first d columns; padding (-1) gives inf. Reads only those vectors unless the whole array
+        was read already."""
+        if name in self._arrays:
+            return sq_distances_by_id(self._arrays[name], queries, ids)
+        ids = np.asarray(ids, dtype=np.int64)
+        fetched = self.fetch(name, ids).reshape(-1, self.dims[name])
+        positions = np.where(ids >= 0, np.arange(ids.size).reshape(ids.shape), -1)
+        return sq_distances_by_id(fetched, queries, positions)
 
     def index(self, name: str) -> VectorIndex:
         """The Milvus index over array `name` (searches go to Milvus)."""

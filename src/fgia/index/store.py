@@ -33,7 +33,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from fgia.index.vector_index import (
     IndexMismatchError,
     VectorIndex,
     create_index,
+    sq_distances_by_id,
 )
 from fgia.runtime import atomic_path, atomic_write_text, write_error
 
@@ -292,6 +293,11 @@ class FeatureStore:
         values = self.array(name)[np.maximum(ids, 0)]
         return np.where((ids >= 0)[..., None], values, 0.0).astype(np.float32, copy=False)
 
+    def distances(self, name: str, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Squared Euclidean distances (Q, n) from each query (Q, d) to array `name`'s vectors of its item ids
+        (Q, n), over their first d columns; padding (-1) gives inf."""
+        return sq_distances_by_id(self.array(name), queries, ids)
+
     def index(self, name: str) -> VectorIndex:
         """The vector index over array `name` (loaded once, with every row); its ids are item ids."""
         entry = self._entry(name)
@@ -456,9 +462,11 @@ class FeatureStore:
         path = self.directory / name
         with atomic_path(path, durable=True) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=_METADATA_FIELDS)
-                writer.writeheader()
-                writer.writerows({"id": first_id + i, **asdict(r)} for i, r in enumerate(rows))
+                writer = csv.writer(f)
+                writer.writerow(_METADATA_FIELDS)
+                # Plain tuples: dataclasses.asdict deep-copies every row, the largest cost of a build's commits.
+                writer.writerows((first_id + i, r.path, r.category, r.label, r.route, r.digest)
+                                 for i, r in enumerate(rows))
             return {"size": tmp.stat().st_size, "sha256": file_digest(tmp)}
 
     def _generation_files(self, generation: int) -> set[str]:

@@ -17,7 +17,12 @@ import numpy as np
 
 from fgia.index.milvus_store import DESCRIPTOR, MilvusStore, milvus_uri
 from fgia.index.store import MANIFEST, FeatureStore, StoreRow
-from fgia.index.vector_index import IndexConfig, VectorIndex, create_index
+from fgia.index.vector_index import (
+    IndexConfig,
+    VectorIndex,
+    create_index,
+    sq_distances_by_id,
+)
 
 
 @runtime_checkable
@@ -39,6 +44,8 @@ class VectorStore(Protocol):
     def array(self, name: str) -> np.ndarray: ...
 
     def fetch(self, name: str, ids: np.ndarray) -> np.ndarray: ...
+
+    def distances(self, name: str, queries: np.ndarray, ids: np.ndarray) -> np.ndarray: ...
 
     def index(self, name: str) -> VectorIndex: ...
 
@@ -88,6 +95,11 @@ class MemoryStore:
         ids = np.asarray(ids, dtype=np.int64)
         values = self._arrays[name][np.maximum(ids, 0)]
         return np.where((ids >= 0)[..., None], values, 0.0).astype(np.float32, copy=False)
+
+    def distances(self, name: str, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Squared Euclidean distances (Q, n) from each query (Q, d) to array `name`'s vectors of its item ids
+        (Q, n), over their first d columns; padding (-1) gives inf."""
+        return sq_distances_by_id(self._arrays[name], queries, ids)
 
     def index(self, name: str) -> VectorIndex:
         if name not in self._indexes:

@@ -654,19 +654,20 @@ class RetrievalEngine:
 
     def _fine_distances(self, pipeline: Pipeline, route: np.ndarray, fine: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Euclidean distances (Q, n) from each query's fine feature to those of database `ids` (Q, n) under its
-        routed model. When the candidates outnumber the database (a large K or batch), one matrix product with the
-        whole array is cheaper than gathering (Q, n, d) vectors, and bounded in memory by (Q, N)."""
+        routed model (padding ids: inf). When the candidates outnumber the database (a large K or batch), one matrix
+        product with the whole array is cheaper than reading the vectors of each candidate, and bounded in memory
+        by (Q, N)."""
         names, dim = self._fine_models(pipeline), fine.shape[1]
         distances = np.zeros(ids.shape, dtype=np.float32)
         for m, name in enumerate(names):
             rows = np.flatnonzero(route == m)
             if not len(rows):
                 continue
-            queries, wanted = fine[rows], np.maximum(ids[rows], 0)
+            queries, wanted = fine[rows], ids[rows]
             if wanted.size <= len(self):
-                diff = self.store.fetch(fine_name(name), wanted)[..., :dim] - queries[:, None, :]
-                distances[rows] = np.sqrt(np.einsum("qkd,qkd->qk", diff, diff))
+                distances[rows] = np.sqrt(self.store.distances(fine_name(name), queries, wanted))
                 continue
+            wanted = np.maximum(wanted, 0)
             database = self.store.array(fine_name(name))[:, :dim]
             squared = (np.einsum("nd,nd->n", database, database)[None, :] - 2.0 * (queries @ database.T)
                        + np.einsum("qd,qd->q", queries, queries)[:, None])

@@ -131,11 +131,11 @@ class SystemConfig:
     Features: `image_size`, `flip` (average with the mirror image), `regions` (the discriminative region:
     `threshold`, `min_area`, cropped from an image loaded at `region_zoom` x), `offtheshelf_weight` (fusion with
     the pretrained GAP), `coarse_dim`, `part_dim`; the PCAs and the coarse classifier are fitted on at most
-    `fit_images` AD images (a seeded draw, the same share of each meta-category). Search: `top_k` candidates (or `top_k_fraction` of the
-    database), `qe_top` hits averaged by query expansion (0: none). `classifier_dims`: coarse-feature
-    dimensions for the classifier-accuracy table (0 = full). `hash_bits`: code lengths of a hashing model
-    (`hash_model`, trained on AD with the same recipe and frozen trunk after the unified model) whose binary codes
-    `fgia index --codes` stores for Hamming search; empty: none.
+    `fit_images` AD images (a seeded draw, the same share of each meta-category). Search: `top_k_fraction` of the
+    database re-ranked, at most `top_k` candidates (`top_k` when no fraction), `qe_top` hits averaged by query
+    expansion (0: none). `classifier_dims`: coarse-feature dimensions for the classifier-accuracy table (0 = full).
+    `hash_bits`: code lengths of a hashing model (`hash_model`, trained on AD with the same recipe and frozen trunk
+    after the unified model) whose binary codes `fgia index --codes` stores for Hamming search; empty: none.
     """
 
     backbone: str = "resnet18"
@@ -156,7 +156,7 @@ class SystemConfig:
     coarse_dim: int = 32
     part_dim: int = 512
     fit_images: int = 4000
-    top_k: int = 1000
+    top_k: int = 2500
     top_k_fraction: float | None = 0.25
     flip: bool = False
     regions: bool = True
@@ -195,9 +195,11 @@ class SystemConfig:
             raise ValueError(f"qe_top must be >= 0 (0 disables query expansion), got {self.qe_top}")
 
     def resolve_top_k(self, database_size: int) -> int:
-        """K for a database of `database_size` images."""
+        """K for a database of `database_size` images: `top_k_fraction` of it, at most `top_k` (re-ranking costs
+        K fine distances per query, so the cap keeps a query's cost flat as the database grows), or `top_k`
+        without a fraction."""
         if self.top_k_fraction is not None:
-            return max(1, round(self.top_k_fraction * database_size))
+            return max(1, min(self.top_k, round(self.top_k_fraction * database_size)))
         return self.top_k
 
     def extraction_spec(self, models: Mapping[str, nn.Module] | TrunkGroup) -> ExtractionSpec:
