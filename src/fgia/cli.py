@@ -214,6 +214,8 @@ def index(
                                 "(images already in it are skipped)"),
     factory: str = typer.Option("Flat", help="FAISS factory string for the coarse index, e.g. Flat, IVF256,Flat, "
                                 "HNSW32 (Milvus: Flat, IVF<n>,Flat, IVF<n>,SQ8, IVF<n>,PQ<m>, HNSW<M>)"),
+    search_params: str = typer.Option("", help="search-time knobs of the coarse index, saved with it: nprobe=32 "
+                                      "(IVF; FAISS probes 1 list by default), efSearch=128 (HNSW)"),
     codes: int | None = typer.Option(None, help="also store BITS-bit binary codes (a system trained with --codes)"),
     hash_factory: str = typer.Option("BFlat", help="FAISS binary factory for the codes, e.g. BFlat, BIVF256"),
     store: str = typer.Option("faiss", help="where vectors live: faiss (files in --out), milvus:///abs/path/x.db "
@@ -232,7 +234,8 @@ def index(
 
     database = read_dataset(data, fmt)
     result = build_index(system, database, out, append=append, factory=factory, force=force, progress=not quiet,
-                         codes=codes, hash_factory=hash_factory, store=store, engine=engine, ray_address=ray_address)
+                         codes=codes, hash_factory=hash_factory, store=store, engine=engine, ray_address=ray_address,
+                         search_params=search_params)
     labelled = sum(s.label >= 0 for s in database.samples)
     console.print(f"index {result.index_dir}: added {result.added} images ({result.skipped} unreadable, "
                   f"{result.duplicates} already indexed skipped), {result.total} in total; "

@@ -166,3 +166,17 @@ def test_many_candidates_rank_through_one_product_exactly_as_gathered(built, eng
         np.testing.assert_allclose(together.distances[i], alone.distances[0], atol=1e-4)
         assert np.array_equal(together.ids[i][np.isfinite(together.distances[i])],
                               alone.ids[0][np.isfinite(alone.distances[0])])
+
+
+def test_search_params_are_saved_with_the_coarse_index(built, engine, tmp_path):
+    build_index(built.system_dir, built.split.database, tmp_path / "ivf", device="cpu", factory="IVF2,Flat",
+                search_params="nprobe=2")
+    ivf = RetrievalEngine.load(tmp_path / "ivf", device="cpu")
+    assert ivf.store.index("coarse").config.search_params == "nprobe=2"
+    qf = engine.query_features(built.split.queries.samples[:2])
+    # Probing both lists is exact: the same candidates, so the same ranking as the Flat index.
+    np.testing.assert_array_equal(ivf.rank(qf, "c2f").ids, engine.rank(qf, "c2f").ids)
+    with pytest.raises(ValueError, match="bogus"):
+        build_index(built.system_dir, built.split.database, tmp_path / "bad", device="cpu", factory="IVF2,Flat",
+                    search_params="bogus=3")
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())

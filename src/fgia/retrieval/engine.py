@@ -51,6 +51,7 @@ from fgia.features.pca import l2_normalize
 from fgia.index import (
     CorruptIndexError,
     FeatureStore,
+    IndexConfig,
     IndexMismatchError,
     MemoryStore,
     MilvusStore,
@@ -228,6 +229,7 @@ def build_index(
     store: str = "faiss",
     engine: str = "local",
     ray_address: str | None = None,
+    search_params: str = "",
 ) -> BuildResult:
     """Extract and store every stage's features of `database` (see the module docstring).
 
@@ -241,7 +243,9 @@ def build_index(
     code length it was built with; FAISS store only).
 
     `store` picks the backend (`fgia.index.STORES`): "faiss" (files in `index_dir`) or a Milvus URI (then
-    `index_dir` holds where the collections are; `factory` is translated to a Milvus index). `engine` "ray"
+    `index_dir` holds where the collections are; `factory` is translated to a Milvus index). `search_params` are
+    the coarse index's search-time knobs, saved with it (e.g. "nprobe=32" for an IVF factory, whose FAISS default
+    is to probe one list). `engine` "ray"
     extracts the features on Ray (`ray_address`: a running cluster, None: a local Ray on this machine).
     """
     if not len(database):
@@ -263,14 +267,14 @@ def build_index(
                 raise IndexMismatchError(f"index {out} holds {f'{held}-bit' if held else 'no'} binary codes, not "
                                          f"{codes}-bit ones")
             return _add(system, opened, database, chunk_size, progress, engine)
-        indexes = {"coarse": factory}
+        indexes = {"coarse": IndexConfig(factory=factory, search_params=search_params)}
         dims = {"coarse": system.coarse_pca.n_components, "unified": system.models[UNIFIED].embedding_dim, "box": 4}
         dims |= {fine_name(n): system.fine_dim for n in system.fine_models}
         if codes:
             if store != "faiss":
                 raise ValueError("binary codes (--codes) are kept in the FAISS store only: build with --store faiss")
             code_slice(system, codes)  # fail before extracting anything
-            dims[codes_name(codes)], indexes[codes_name(codes)] = codes, hash_factory
+            dims[codes_name(codes)], indexes[codes_name(codes)] = codes, IndexConfig(factory=hash_factory)
         replaced = _milvus_store_at(out) if force else None
         with output_folder(out, INDEX_KIND, force=force, replace_own=False, manifests=[MANIFEST], resume=True) as stage:
             built = _resumable(stage, system, indexes, store, device)
@@ -301,17 +305,21 @@ def _milvus_store_at(folder: Path) -> MilvusStore | None:
         return None
 
 
-def _resumable(stage: Path, system: System, indexes: dict[str, str], store: str,
+def _same_index(found: IndexConfig | None, wanted: IndexConfig) -> bool:
+    return found is not None and (found.factory, found.search_params) == (wanted.factory, wanted.search_params)
+
+
+def _resumable(stage: Path, system: System, indexes: dict[str, IndexConfig], store: str,
                device: str) -> FeatureStore | MilvusStore | None:
-    """The store a killed build of the same index (same backend, index factories and binary codes) left in
-    `stage`, when it can go on; else None (and `stage` is emptied, with the Milvus collections it names:
-    everything in it is what that build wrote)."""
+    """The store a killed build of the same index (same backend, index factories, search parameters and binary
+    codes) left in `stage`, when it can go on; else None (and `stage` is emptied, with the Milvus collections it
+    names: everything in it is what that build wrote)."""
     if has_store(stage):
         try:
             found = open_store(stage, expected_fingerprint=_fingerprint(system), device=device)
             same_backend = (isinstance(found, FeatureStore) if store == "faiss"
                             else isinstance(found, MilvusStore) and found.uri == milvus_uri(store))
-            if same_backend and all(getattr(found.index_config(n), "factory", None) == f for n, f in indexes.items()):
+            if same_backend and all(_same_index(found.index_config(n), cfg) for n, cfg in indexes.items()):
                 return found
         except (CorruptIndexError, IndexMismatchError, ValueError, KeyError, OSError):
             pass
