@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from dataclasses import replace
 
 import numpy as np
@@ -64,6 +65,22 @@ def test_a_disk_cache_is_reused_by_later_runs_and_subsets(one_category, tmp_path
     monkeypatch.setattr(cache_module, "_build", lambda *a, **k: pytest.fail("rebuilt a cache that covers"))
     again = trunk_cache(model.lower_trunk(), one_category.samples[:3], **options)
     assert again.key == first.key and np.array_equal(np.asarray(again.maps), np.asarray(first.maps))
+
+
+def test_a_build_removes_what_killed_builds_left_but_not_a_live_one(one_category, tmp_path):
+    model = _model()
+    key = cache_module.cache_key(model.lower_trunk(), 48, model.mean, model.std, ("resize", "hflip"))
+    abandoned, live, other = (tmp_path / f".trunk-{key}.npy.x1.tmp", tmp_path / f".trunk-{key}.npy.x2.tmp",
+                              tmp_path / ".trunk-otherkey.npy.x3.tmp")
+    for path in (abandoned, live, other):
+        path.write_bytes(b"half-written maps")
+    with open(live, "rb") as writer:  # a build still writing holds the lock
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        trunk_cache(model.lower_trunk(), one_category.samples[:3], image_size=48, mean=model.mean, std=model.std,
+                    cache_dir=tmp_path)
+    assert not abandoned.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".tmp")) == [f"trunk-{key}.json",
+                                                                                        f"trunk-{key}.npy"]
 
 
 def test_the_key_follows_the_frozen_weights_and_views(one_category):

@@ -15,11 +15,12 @@ images) and the plain baseline on the same backbone share one.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +177,28 @@ def _load(cache_dir: str | os.PathLike | None, key: str) -> TrunkCache | None:
                       frozenset(info["tried"]))
 
 
+@contextlib.contextmanager
+def _locked_atomic_path(path: Path) -> Iterator[Path]:
+    """`atomic_path` whose temporary file stays locked (flock) until it is renamed into place: the lock tells
+    `_remove_abandoned` in any process that its writer is alive."""
+    with contextlib.ExitStack() as held:  # closed last, after the rename
+        with atomic_path(path) as tmp:
+            lock = held.enter_context(open(tmp, "rb"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield tmp
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Delete the temporary maps of `path` that killed builds left (files nobody holds the lock of)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            with open(tmp, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                tmp.unlink()
+        except OSError:  # locked by a live build, or gone already
+            continue
+
+
 @torch.no_grad()
 def _build(lower: nn.Module, samples: Sequence[Sample], key: str, views: tuple[str, ...], image_size: int,
            mean: Sequence[float], std: Sequence[float], cache_dir: str | os.PathLike | None, budget_gb: float,
@@ -197,10 +220,11 @@ def _build(lower: nn.Module, samples: Sequence[Sample], key: str, views: tuple[s
     else:
         data_path, _ = _paths(cache_dir, key)
         data_path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(data_path)
     resize = v2.Compose([v2.ToImage(), v2.Resize((image_size, image_size), antialias=True)])
     loader = make_loader(samples, resize, batch_size, workers=workers)
     readable: list[int] = []
-    with atomic_path(data_path) if data_path else contextlib.nullcontext() as tmp:
+    with _locked_atomic_path(data_path) if data_path else contextlib.nullcontext() as tmp:
         if tmp is not None:
             maps = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
         row = 0
