@@ -2,9 +2,9 @@
 
 A `VectorStore` holds, for N database items, a metadata row each (`StoreRow`: path, category, label, route,
 content hash) and named float arrays with one row per item; some arrays have a vector index to search. The
-engine only asks for rows, arrays by name (exact single-stage searches), vectors by item id (re-ranking, query
-expansion) and index searches, so every backend (the on-disk `FeatureStore`, `MemoryStore`, a vector database)
-serves it the same way.
+engine only asks for rows, arrays by name (exact single-stage searches), vectors by item id (query expansion),
+distances from queries to items by id (re-ranking) and index searches, so every backend (the on-disk
+`FeatureStore`, `MemoryStore`, a vector database) serves it the same way.
 """
 
 from __future__ import annotations
