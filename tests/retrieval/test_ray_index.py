@@ -21,14 +21,15 @@ def local_ray():
         yield
 
 
-def test_ray_features_equal_the_single_process_ones(built, tmp_path):
+@pytest.mark.parametrize("decode_in_actors", [True, False], ids=["actors-decode", "tasks-decode"])
+def test_ray_features_equal_the_single_process_ones(built, tmp_path, decode_in_actors):
     system = load_system(built.system_dir, "cpu")
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
     samples = [*built.split.database.samples[:9], Sample(path=broken, label=-1), *built.split.database.samples[9:14]]
     options = {"batch_size": 4, "keep_maps": True, "device": "cpu"}
     expected = extract_models(system.group, samples, system.spec, workers=0, **options)
-    got = extract_models_ray(system.group, samples, system.spec, **options)
+    got = extract_models_ray(system.group, samples, system.spec, decode_in_actors=decode_in_actors, **options)
     assert set(got) == set(expected)
     for name, features in expected.items():
         assert got[name].skipped == features.skipped == 1
