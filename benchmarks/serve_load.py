@@ -259,10 +259,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if (args.index_dir is None) == (args.url is None):
         parser.error("give either INDEX_DIR or --url")
+    device_kind = "cuda" if pick_device(args.device).type == "cuda" else "cpu"  # what "auto" resolves to
     if args.bombs:
         if args.url and not args.pid:
             parser.error("--bombs with --url needs the server's --pid (its memory is measured)")
-        name = args.name or f"serve_load_bombs_{'cuda' if args.device.startswith('cuda') else 'cpu'}"
+        name = args.name or f"serve_load_bombs_{device_kind}"
         if args.url:
             result = asyncio.run(run_bombs(args.url.rstrip("/"), args.pid, args.bombs))
         else:
@@ -292,7 +293,6 @@ def main(argv: list[str] | None = None) -> None:
         result["offline_qps"] = round(offline, 3)
     result["command"] = shlex.join(["python", "benchmarks/serve_load.py", *(sys.argv[1:] if argv is None else argv)])
     result["index_dir"] = str(args.index_dir) if args.index_dir else None
-    device_kind = "cuda" if str(pick_device(cfg.device)).startswith("cuda") else "cpu"
     paths = write_report(result, cfg, args.name or f"serve_load_{device_kind}")
     print(json.dumps({k: v for k, v in result.items() if k != "server_stats"}, indent=2))
     print("wrote", *paths)

@@ -6,8 +6,8 @@ models (a `TrunkGroup`: the shared frozen lower trunk runs once per batch), feat
 `featurize_batch`. With GPUs (one per actor), Ray tasks decode on the cluster's CPUs and feed the actors; CPU
 actors decode their own batches, since moving decoded pixels through Ray's object store to a process that
 competes for the same cores cost more than decoding in place (2,048 photos on 2 cores: 40.5 vs 33.1 images/s
-once started). The rows come back to the caller, are put in
-sample order and collected like `extract_models`' batches, so both paths give the same `FeatureSet`s.
+once started). The rows come back to the caller, are put in sample order and collected like `extract_models`'
+batches, so both paths give the same `FeatureSet`s.
 
 `ray_session` connects to a running cluster or starts a local Ray on this machine (loopback only, no dashboard, no
 usage statistics), once for a whole build.

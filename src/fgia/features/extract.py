@@ -209,8 +209,8 @@ def featurize_batch(
     Regions are cropped from `zoomed` (the same images at region_zoom x S, uint8 as loaded) when given, else from
     `images`, and resized to S, so a zoomed region shows the model detail the whole-image pass could not see; a
     zoomed crop is normalised after cropping (the same values: cropping interpolates linearly), a quarter of the
-    work of normalising the zoomed batch. The box comes
-    from `spec.region_from`'s maps (default: the first model) and every model featurises the same crop.
+    work of normalising the zoomed batch. The box comes from `spec.region_from`'s maps (default: the first model)
+    and every model featurises the same crop.
     """
     group = as_group(models)
     names = list(group.models)

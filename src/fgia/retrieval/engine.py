@@ -245,8 +245,8 @@ def build_index(
     `store` picks the backend (`fgia.index.STORES`): "faiss" (files in `index_dir`) or a Milvus URI (then
     `index_dir` holds where the collections are; `factory` is translated to a Milvus index). `search_params` are
     the coarse index's search-time knobs, saved with it (e.g. "nprobe=32" for an IVF factory, whose FAISS default
-    is to probe one list). `engine` "ray"
-    extracts the features on Ray (`ray_address`: a running cluster, None: a local Ray on this machine).
+    is to probe one list). `engine` "ray" extracts the features on Ray (`ray_address`: a running cluster, None: a
+    local Ray on this machine).
     """
     if not len(database):
         raise ValueError(f"database {database.name!r} has no images to index")
