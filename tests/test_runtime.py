@@ -17,6 +17,7 @@ from fgia.runtime import (
     atomic_write_text,
     output_folder,
     output_kind,
+    single_threaded_blas,
 )
 
 
@@ -129,3 +130,18 @@ def test_output_folder_tidies_or_resumes_what_killed_writers_left(tmp_path):
     with output_folder(target, "thing") as out:
         pass
     assert not moved.exists()
+
+
+def test_single_threaded_blas_limits_numpys_pthreads_blas_inside_the_block_only():
+    from threadpoolctl import threadpool_info
+
+    def pthread_blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info()
+                if lib["user_api"] == "blas" and lib.get("threading_layer") == "pthreads"]
+
+    before = pthread_blas_threads()
+    if not before:
+        pytest.skip("NumPy's BLAS here is not a pthreads one")
+    with single_threaded_blas():
+        assert pthread_blas_threads() == [1] * len(before)
+    assert pthread_blas_threads() == before

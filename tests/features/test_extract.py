@@ -15,6 +15,7 @@ from fgia.data.transforms import build_transform
 from fgia.features.extract import (
     ResizeWithOriginalSize,
     TrunkGroup,
+    crop_regions,
     extract_features,
     extract_from_images,
     extract_models,
@@ -202,3 +203,28 @@ def test_prepare_model_puts_the_model_back_in_eval_mode_every_time():
     model.train()  # e.g. a fine-tuning step between two extractions
     prepare_model(model, "cpu")
     assert not model.training and not model[1].training
+
+
+@pytest.mark.parametrize("zoomed", [True, False])
+def test_region_crops_split_across_threads_equal_one_roi_align(zoomed):
+    from torchvision.ops import roi_align
+
+    spec = ExtractionSpec(image_size=16, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4))
+    generator = torch.Generator().manual_seed(0)
+    pixels = (torch.rand(5, 3, 32, 32, generator=generator) * 255).to(torch.uint8)
+    source = pixels if zoomed else normalize(pixels, spec.mean, spec.std)
+    boxes = np.array([[0, 0, 1, 1], [0.1, 0.2, 0.6, 0.9], [0.5, 0.5, 1, 1], [0, 0.3, 0.4, 0.7], [0.25, 0, 0.75, 0.5]],
+                     np.float32)
+    rois = torch.cat([torch.arange(5.0)[:, None], torch.from_numpy(boxes * 32)], 1)
+    expected = roi_align(pixels.float() / 255 if zoomed else source, rois, (16, 16), 1.0, 2, aligned=True)
+    if zoomed:
+        expected = (expected - torch.tensor(spec.mean)[:, None, None]) / torch.tensor(spec.std)[:, None, None]
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):  # one slice, and three slices of the five crops
+            torch.set_num_threads(n)
+            crops = crop_regions(source, boxes, 16, spec)
+            assert crops.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(crops, expected, atol=1e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(threads)

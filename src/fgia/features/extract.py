@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -234,17 +235,38 @@ def featurize_batch(
                 result[name].maps = confidence_map(outputs[name])
     if regions:
         boxes = region_boxes(maps, spec.threshold, spec.min_area, upsample_to=size)
-        source = images if zoomed is None else v2.functional.to_dtype(zoomed, torch.float32, scale=True)
-        height, width = source.shape[-2:]
-        pixels = scale_boxes(boxes, np.full(batch, width), np.full(batch, height))
-        rois = torch.cat([torch.arange(batch, dtype=torch.float32)[:, None], torch.from_numpy(pixels)], 1)
-        crops = roi_align(source, rois.to(source.device, source.dtype), (size, size), 1.0, 2, aligned=True)
-        if zoomed is not None:
-            crops = v2.functional.normalize(crops, list(spec.mean), list(spec.std))
-        _, region_embeddings = _embeddings(group, crops.contiguous(memory_format=torch.channels_last), flip)
+        crops = crop_regions(images if zoomed is None else zoomed, boxes, size, spec)
+        _, region_embeddings = _embeddings(group, crops, flip)
         for name in names:
             result[name].region, result[name].boxes = region_embeddings[name], boxes
     return result
+
+
+def crop_regions(source: Tensor, boxes: np.ndarray, size: int, spec: ExtractionSpec) -> Tensor:
+    """The fractional `boxes` (B, 4) of a batch cropped with `roi_align` and resized to size x size, normalised,
+    channels_last. `source` is the normalised batch, or the uint8 zoomed one (normalised after cropping).
+
+    torchvision's CPU `roi_align` runs on one thread, so on CPU the batch is split into one slice per torch thread
+    (the same values; a batch of 32 crops from 320 px took half the time on 2 cores)."""
+    height, width = source.shape[-2:]
+    pixels = torch.from_numpy(scale_boxes(boxes, np.full(len(boxes), width), np.full(len(boxes), height)))
+
+    def crop(rows: slice) -> Tensor:
+        part = source[rows]
+        if part.dtype == torch.uint8:
+            part = v2.functional.to_dtype(part, torch.float32, scale=True)
+        rois = torch.cat([torch.arange(len(part), dtype=torch.float32)[:, None], pixels[rows]], 1)
+        out = roi_align(part, rois.to(part.device, part.dtype), (size, size), 1.0, 2, aligned=True)
+        return v2.functional.normalize(out, list(spec.mean), list(spec.std)) if source.dtype == torch.uint8 else out
+
+    threads = torch.get_num_threads() if source.device.type == "cpu" else 1
+    if threads < 2 or len(source) < 2:
+        crops = crop(slice(None))
+    else:
+        bounds = np.linspace(0, len(source), min(threads, len(source)) + 1).astype(int)
+        with ThreadPoolExecutor(len(bounds) - 1) as pool:
+            crops = torch.cat(list(pool.map(crop, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])])))
+    return crops.contiguous(memory_format=torch.channels_last)
 
 
 SINGLE = "model"

@@ -46,14 +46,14 @@ def region_box(confidence: np.ndarray, threshold: float = 0.5, min_area: float =
     if count == 0:
         return WHOLE.copy()
     ids = np.arange(1, count + 1)
-    areas = ndimage.sum_labels(np.ones_like(norm), labels, ids)
-    masses = ndimage.sum_labels(norm, labels, ids)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    masses = np.bincount(labels.ravel(), weights=norm.ravel(), minlength=count + 1)[1:]
     keep = areas >= max(1.0, min_area * h * w)
     if not keep.any():
         return WHOLE.copy()
     # lexsort: last key is primary -> largest area first, then largest mass.
     best = ids[keep][np.lexsort((-masses[keep], -areas[keep]))[0]]
-    rows, cols = ndimage.find_objects(labels)[best - 1]
+    rows, cols = ndimage.find_objects(labels, max_label=best)[best - 1]
     return np.array([cols.start / w, rows.start / h, cols.stop / w, rows.stop / h], dtype=np.float32)
 
 

@@ -71,7 +71,7 @@ from fgia.retrieval.search import (
     order_candidates,
 )
 from fgia.retrieval.system import HASH, SYSTEM_FILE, System, load_system
-from fgia.runtime import OUTPUT_MARKER, clear_folder, output_folder, output_kind
+from fgia.runtime import OUTPUT_MARKER, clear_folder, output_folder, output_kind, single_threaded_blas
 from fgia.train import UNIFIED
 
 INDEX_KIND = "index"
@@ -708,18 +708,19 @@ class RetrievalEngine:
         query_expansion: bool = False,
     ) -> list[SearchResult]:
         """Answer a batch of query images (one forward pass, one `rank`), timing every stage; returns the best
-        `top_k` hits per image."""
+        `top_k` hits per image. NumPy's BLAS runs on one thread meanwhile (see `single_threaded_blas`)."""
         pipeline = Pipeline.parse(pipeline)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if not images:
             return []
         timer = StageTimer()
-        with timer("features"):
-            feats = self.system.features(images=images)
-        with timer("classifier"):
-            qf = stage_features(self.system, feats)
-        ranking = self.rank(qf, pipeline, query_expansion, top_k=None if pipeline.is_c2f else top_k, timer=timer)
+        with single_threaded_blas():
+            with timer("features"):
+                feats = self.system.features(images=images)
+            with timer("classifier"):
+                qf = stage_features(self.system, feats)
+            ranking = self.rank(qf, pipeline, query_expansion, top_k=None if pipeline.is_c2f else top_k, timer=timer)
         timer.finish()
         return [self._result(ranking, i, qf, top_k, timer.ms) for i in range(len(images))]
 

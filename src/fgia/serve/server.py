@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import subprocess
@@ -20,24 +19,6 @@ import uvicorn
 from fgia.runtime import pick_device
 from fgia.serve.app import create_app
 from fgia.serve.config import ServeConfig
-
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-LARGE_BUFFER_BYTES = 4 * 2**20
-
-
-def release_large_buffers(threshold: int = LARGE_BUFFER_BYTES) -> bool:
-    """Have glibc map buffers of `threshold` bytes or more separately, so each goes back to the OS when freed.
-
-    By default glibc raises that threshold after the first large free, and the memory of every decoded upload
-    then stays with the process (per worker thread); fixing it keeps the server's memory near what is in use.
-    Returns False where the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
-    except (OSError, AttributeError):
-        return False
-
 
 def run(
     index_dir: str | os.PathLike,
@@ -59,7 +40,6 @@ def run(
         RetrievalEngine,  # models, timm, faiss: loaded only once the path is known good
     )
 
-    release_large_buffers()
     resolved = pick_device(device)
     engine = RetrievalEngine.load(index_dir, device=str(resolved), verify=verify)
     uvicorn.run(create_app(engine, config or ServeConfig()), host=host, port=port, log_level=log_level)

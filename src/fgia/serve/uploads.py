@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import io
 import re
 import tempfile
@@ -18,6 +19,23 @@ from fgia.data.images import (
 
 # Declared content type -> the Pillow format the bytes must decode as.
 ACCEPTED_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
+# Uploads of at least this many pixels hand the decode's freed memory back to the OS (`return_freed_memory`).
+TRIM_AFTER_PIXELS = 4_000_000
+
+
+def return_freed_memory() -> bool:
+    """Give the C heap's free memory back to the OS (glibc `malloc_trim`); False where the C library is not glibc.
+
+    glibc keeps freed buffers below its (adaptive) mmap threshold in the decoding thread's arena, so without this
+    the server kept ~190 MB more after six 6300 x 6300 uploads, growing with further ones. Trimming after large
+    decodes only, instead of lowering the mmap threshold for the whole process, leaves the network's activations
+    on the heap: mapping each one afresh made served queries ~1.4x slower."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 def _has_image_signature(data: bytes) -> bool:
@@ -80,4 +98,6 @@ def decode_upload(data: bytes, content_type: str | None, max_pixels: int, max_de
         original = decoded.info.get(ORIGINAL_SIZE_KEY, decoded.size)
         decoded.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
         decoded.info[ORIGINAL_SIZE_KEY] = original
+    if width * height >= TRIM_AFTER_PIXELS:
+        return_freed_memory()
     return decoded
