@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 

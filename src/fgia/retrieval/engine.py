@@ -71,7 +71,13 @@ from fgia.retrieval.search import (
     order_candidates,
 )
 from fgia.retrieval.system import HASH, SYSTEM_FILE, System, load_system
-from fgia.runtime import OUTPUT_MARKER, clear_folder, output_folder, output_kind, single_threaded_blas
+from fgia.runtime import (
+    OUTPUT_MARKER,
+    clear_folder,
+    output_folder,
+    output_kind,
+    single_threaded_blas,
+)
 from fgia.train import UNIFIED
 
 INDEX_KIND = "index"

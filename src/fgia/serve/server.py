@@ -20,6 +20,7 @@ from fgia.runtime import pick_device
 from fgia.serve.app import create_app
 from fgia.serve.config import ServeConfig
 
+
 def run(
     index_dir: str | os.PathLike,
     host: str = "127.0.0.1",
