@@ -115,7 +115,7 @@ def test_target_is_the_smallest_margin_in_half_widths():
     rows = [row("a", "nc-offtheshelf", 0.70, 0.010), row("a", "protonet", 0.75, 0.008),
             row("b", "nc-offtheshelf", 0.90, 0.005), row("b", "protonet", 0.91, 0.004),
             row("b", "protonet", 0.99, 0.001, episode="5-way 1-shot")]
-    target = fewshot_targets(rows, FewShotBenchConfig())["min_margin_over_ci"]
+    target = fewshot_targets(rows, FewShotBenchConfig(target_method="protonet"))["min_margin_over_ci"]
     assert target["per_dataset"] == {"a": 5.0, "b": 2.0}  # (0.75-0.70)/0.010, (0.91-0.90)/0.005
     assert target["value"] == 2.0 and target["met"] and target["threshold"] == 1.0
 
@@ -135,13 +135,17 @@ def test_bench_and_eval_command_on_a_tiny_set(tiny_synth, tmp_path):
     cfg = FewShotBenchConfig(n_query=2, episodes=10, ways=(3, 0), target_episode="3-way 5-shot",
                              meta=EpisodicConfig(n_way=3, k_shot=2, n_query=2, episodes=3, warmup_episodes=1,
                                                  device="cpu"),
+                             pretrained_meta=EpisodicConfig(n_way=3, k_shot=1, n_query=2, episodes=2,
+                                                            warmup_episodes=1, device="cpu"),
                              method_options={"protonet": {"pooling": "gap"},
                                              "protonet-bilinear": {"pooling": "bilinear", "reduce_dim": 4}},
                              recipe=Recipe(backbone="test_efficientnet", weights=None, image_size=48, epochs=1,
                                            batch_size=8, device="cpu"))
     payload = bench_fewshot({"tiny": read_dataset(tiny_synth)}, cfg, log=lambda line: None)
     rows = payload["rows"]
-    assert len(rows) == 4 * 2 * 2  # methods x ways x shots
+    assert len(rows) == 5 * 2 * 2  # methods x ways x shots
+    seconds = {r["method"]: r["train_seconds"] for r in rows}
+    assert seconds["protonet-pretrained"] > seconds["nc-finetuned"]  # its time includes the classification training
     all_way = [r for r in rows if r["episode"] == "all-way 5-shot"]
     assert all(r["ways"] == 6 for r in all_way)  # the 6 unseen species all have 8 >= 5 + 2 images
     assert all(0 <= r["accuracy"] <= 1 and r["ci95"] >= 0 for r in rows)
@@ -156,3 +160,4 @@ def test_bench_and_eval_command_on_a_tiny_set(tiny_synth, tmp_path):
 
     assert numbers(report["rows"]) == numbers(rows)  # the same seeds: the same numbers
     assert (tmp_path / "out" / "models" / "manifest" / "protonet" / "model.yaml").is_file()
+    assert (tmp_path / "out" / "models" / "manifest" / "protonet-pretrained" / "model.yaml").is_file()
