@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import functools
 import json
 import logging
 import os
@@ -38,7 +39,9 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
-_PTHREAD_BLAS: list[ThreadpoolController] = []
+@functools.cache
+def _pthread_blas() -> ThreadpoolController:
+    return ThreadpoolController().select(threading_layer="pthreads")
 
 
 @contextlib.contextmanager
@@ -48,9 +51,7 @@ def single_threaded_blas() -> Iterator[None]:
     A query batch's matrix products (PCA, classifier) are too small to gain from more threads, and a
     pthreads OpenBLAS keeps its idle threads spinning after each one, taking a core from the next forward pass:
     with it multi-threaded a batch of 32 queries spent ~20 % longer in the network on 2 cores."""
-    if not _PTHREAD_BLAS:
-        _PTHREAD_BLAS.append(ThreadpoolController().select(threading_layer="pthreads"))
-    with _PTHREAD_BLAS[0].limit(limits=1, user_api="blas"):
+    with _pthread_blas().limit(limits=1, user_api="blas"):
         yield
 
 

@@ -20,6 +20,7 @@ confidence interval over `episodes` episodes (the same episodes for every method
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import time
@@ -207,35 +208,29 @@ def usable_classes(labels: np.ndarray, shots: int, n_query: int) -> int:
 
 def _method_features(method: str, aux: FineGrainedDataset, novel: FineGrainedDataset, cache: TrunkCache,
                      cfg: FewShotBenchConfig, save_dir: Path | None, log: Callable[[str], None],
-                     finetuned: dict[str, tuple[nn.Module, float]]) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """(features of the novel images, their labels, training seconds) of one method. `finetuned` holds the
-    classification-trained embedding and its seconds once trained, for "nc-finetuned" and "protonet-pretrained"."""
+                     finetuned: Callable[[], tuple[nn.Module, float]]) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """(features of the novel images, their labels, training seconds) of one method. `finetuned()` gives the
+    classification-trained embedding and its training seconds (trained once per dataset), which "nc-finetuned"
+    uses and "protonet-pretrained" starts from; both count those seconds."""
     recipe = cfg.recipe
-    start = time.perf_counter()
     if method == "nc-offtheshelf":
         model = recipe.offtheshelf().to(pick_device(recipe.device))
         features, labels = embed(cache, model, novel)
         return features, labels, None
-    reused_s = 0.0  # the classification training's seconds when an earlier method did it
+    pretrained_s = 0.0
     if method in ("nc-finetuned", "protonet-pretrained"):
-        if finetuned:
-            reused_s = finetuned["model"][1]
-        else:
-            model = fit(recipe.embedding_config(), aux, progress=False, on_epoch_end=epoch_logger(log)).model
-            finetuned["model"] = (model, time.perf_counter() - start)
-        model = finetuned["model"][0]
+        model, pretrained_s = finetuned()
+    start = time.perf_counter()
     if method in META_METHODS:
         meta = cfg.pretrained_meta if method == "protonet-pretrained" else cfg.meta
         seed_everything(meta.seed)
-        if method == "protonet-pretrained":
-            model = copy.deepcopy(model)
-        else:
-            model = create_model("protonet", **recipe.model_kwargs(**cfg.method_options.get(method, {})))
+        model = copy.deepcopy(model) if method == "protonet-pretrained" else create_model(
+            "protonet", **recipe.model_kwargs(**cfg.method_options.get(method, {})))
         history = meta_train(model, cache, aux.samples, meta)
         tail = history[-max(1, len(history) // 10):]
         log(f"  {method}: last episodes' query accuracy {np.mean([h['accuracy'] for h in tail]):.3f}, "
             f"{np.mean([h['seconds'] for h in history]):.2f} s/episode")
-    seconds = time.perf_counter() - start + reused_s
+    seconds = time.perf_counter() - start + pretrained_s
     if save_dir is not None:
         save_model(model, save_dir / method, aux.classes if hasattr(model, "num_classes") else [])
     features, labels = embed(cache, model, novel)
@@ -246,8 +241,14 @@ def bench_fewshot_dataset(name: str, ds: FineGrainedDataset, cache: TrunkCache, 
                           save_dir: Path | None = None, log: Callable[[str], None] = print) -> list[FewShotRow]:
     """Every method and episode shape on one dataset's unseen species (first half of the classes trains)."""
     aux, novel = zero_shot_split(ds)
+
+    @functools.cache
+    def finetuned() -> tuple[nn.Module, float]:
+        start = time.perf_counter()
+        model = fit(cfg.recipe.embedding_config(), aux, progress=False, on_epoch_end=epoch_logger(log)).model
+        return model, time.perf_counter() - start
+
     rows = []
-    finetuned: dict[str, tuple[nn.Module, float]] = {}
     for method in cfg.methods:
         features, labels, seconds = _method_features(method, aux, novel, cache, cfg, save_dir, log, finetuned)
         for ways in cfg.ways:

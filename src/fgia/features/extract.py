@@ -250,14 +250,13 @@ def crop_regions(source: Tensor, boxes: np.ndarray, size: int, spec: ExtractionS
     (the same values; a batch of 32 crops from 320 px took half the time on 2 cores)."""
     height, width = source.shape[-2:]
     pixels = torch.from_numpy(scale_boxes(boxes, np.full(len(boxes), width), np.full(len(boxes), height)))
+    loaded = source.dtype == torch.uint8
 
     def crop(rows: slice) -> Tensor:
-        part = source[rows]
-        if part.dtype == torch.uint8:
-            part = v2.functional.to_dtype(part, torch.float32, scale=True)
+        part = v2.functional.to_dtype(source[rows], torch.float32, scale=True) if loaded else source[rows]
         rois = torch.cat([torch.arange(len(part), dtype=torch.float32)[:, None], pixels[rows]], 1)
         out = roi_align(part, rois.to(part.device, part.dtype), (size, size), 1.0, 2, aligned=True)
-        return v2.functional.normalize(out, list(spec.mean), list(spec.std)) if source.dtype == torch.uint8 else out
+        return v2.functional.normalize(out, list(spec.mean), list(spec.std)) if loaded else out
 
     threads = torch.get_num_threads() if source.device.type == "cpu" else 1
     if threads < 2 or len(source) < 2:
