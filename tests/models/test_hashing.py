@@ -66,3 +66,20 @@ def test_bad_options_are_refused():
         _model(parts=0)
     with pytest.raises(ValueError, match="frozen_stages"):
         _model(frozen_stages=9)
+
+
+def test_straight_through_classifies_the_binary_code_and_trains_the_relaxed_one():
+    torch.manual_seed(0)
+    model = _model().train()
+    out = model(torch.randn(4, 3, 64, 64))
+    u = out.embedding[:, model.code_slices[12]]
+    binary = torch.where(u >= 0, 1.0, -1.0)
+    torch.testing.assert_close(out.head_logits["12"], model.classifiers["12"](binary))
+    out.head_logits["12"].sum().backward()
+    assert model.hash_layers["12"].linear.weight.grad.abs().sum() > 0  # the gradient passes the sign
+
+
+def test_without_straight_through_the_classifier_reads_the_relaxed_code():
+    model = _model(straight_through=False).eval()
+    out = model(torch.randn(2, 3, 64, 64))
+    torch.testing.assert_close(out.head_logits["8"], model.classifiers["8"](out.embedding[:, :8]))
