@@ -9,8 +9,13 @@ random unit-norm features and routes), so the search stages cost what they would
     the region crop, at the model's size) on ready-made normalised tensors, at batch B and at batch 1;
   * batched: `engine.search` on B decoded query images at a time -> queries/s; `batched_ratio` = that / the bare
     forward's queries/s at batch B (target >= 0.8), the two timed in alternation (medians of the repeats);
+    `batched_ratio_ceiling` = bare / (bare + the engine's coarse and fine search stages per query at batch B):
+    what the ratio would be if decoding, resizing, region boxes and crops cost nothing;
   * single: `engine.search` on one image -> p50 latency; `single_ratio` = that / (bare forward at batch 1 + the
-    engine's search stages for one query) (target <= 1.3).
+    p50 of the engine's search stages within those same queries) (target <= 1.3). Timed alone in a loop, the
+    search finds its coarse array (N x 32 floats) in the CPU cache and takes a few ms less than in a query, where
+    it follows the forward pass (a 256 MB memory sweep before it costs the same); `search_single_warm_ms` keeps
+    that figure.
 Part 2. `index_scaling`: appending N and 4N rows of the system's arrays to a FeatureStore in chunks of 4096
 (what `fgia index` does per chunk) -> median time(4N) / median time(N) over the repeats (target <= 4.5: each row
 is written once). Writing the same bytes as plain fsync'd files is timed beside it: the disk's own ratio. On
@@ -103,7 +108,7 @@ def bare_forward_s(system, batch: int, repeats: int) -> float:
 
 
 def search_ms(engine: RetrievalEngine, images: list, repeats: int) -> float:
-    """p50 ms of the engine's search stages alone (coarse + fine + QE) for one query."""
+    """p50 ms of the engine's search stages alone (coarse + fine + QE) for one query, repeated on warm caches."""
     qf = engine.query_features(images=images[:1])
     times = []
     for _ in range(repeats):
@@ -179,15 +184,24 @@ def main() -> None:
 
     engine.search(images[: args.batch], query_expansion=qe)  # warm-up
     bare, batched = [], []  # s per query at batch B, measured in alternation: a drift in speed affects both alike
+    stages: dict[str, list[float]] = {}  # ms per query at batch B of each engine stage
     for _ in range(args.repeats):
         bare.append(bare_forward_s(system, args.batch, 1) / args.batch)
         start = time.perf_counter()
         for i in range(0, len(images) - args.batch + 1, args.batch):
-            engine.search(images[i : i + args.batch], query_expansion=qe)
+            timings = engine.search(images[i : i + args.batch], query_expansion=qe)[0].timings_ms
+            for stage, ms in timings.items():
+                stages.setdefault(stage, []).append(ms / args.batch)
         batched.append((time.perf_counter() - start) / (len(images) // args.batch * args.batch))
-    single = [engine.search([image], query_expansion=qe)[0].timings_ms["total"] for image in images]
+    single_timings = [engine.search([image], query_expansion=qe)[0].timings_ms for image in images]
+    single = [timings["total"] for timings in single_timings]
+    search_in_query = float(np.median([t["coarse_search"] + t["fine_search"] for t in single_timings]))
     batched_qps, bare_qps = 1.0 / float(np.median(batched)), 1.0 / float(np.median(bare))
     single_p50 = float(np.percentile(single, 50))
+    stage_ms = {stage: float(np.median(values)) for stage, values in stages.items()}
+    # The search stages alone bound the batched ratio: bare / (bare + search), even with free extraction.
+    search_batched = stage_ms["coarse_search"] + stage_ms["fine_search"]
+    ceiling = (1000 / bare_qps) / (1000 / bare_qps + search_batched)
     scaling = index_scaling(system, args.scaling_n, 4096, args.seed, args.repeats)
     small, large = str(args.scaling_n), str(4 * args.scaling_n)
     scaling_ratio = scaling["build_s"][large] / scaling["build_s"][small]
@@ -196,7 +210,7 @@ def main() -> None:
     result = {
         "targets": {
             "batched_ratio": target(batched_qps / bare_qps, 0.8, ">="),
-            "single_ratio": target(single_p50 / (1000 * bare_single + search), 1.3, "<="),
+            "single_ratio": target(single_p50 / (1000 * bare_single + search_in_query), 1.3, "<="),
             "index_scaling": target(scaling_ratio, 4.5, "<="),
         },
         "device": device,
@@ -210,9 +224,12 @@ def main() -> None:
         "batch": args.batch,
         "batched_qps": batched_qps,
         "bare_forward_qps_at_batch": bare_qps,
+        "stage_ms_per_query_at_batch": stage_ms,
+        "batched_ratio_ceiling": ceiling,
         "single_p50_ms": single_p50,
         "bare_forward_single_ms": 1000 * bare_single,
-        "search_single_ms": search,
+        "search_single_ms": search_in_query,
+        "search_single_warm_ms": search,
         "index_build": scaling | {"rows": [args.scaling_n, 4 * args.scaling_n], "chunk": 4096,
                                   "raw_write_ratio": disk_ratio},
         "elapsed_s": time.perf_counter() - started,
@@ -232,12 +249,17 @@ def main() -> None:
         "| measure | value | reference | ratio | target |", "|---|---:|---:|---:|---|",
         f"| batched queries/s (batch {args.batch}) | {batched_qps:.1f} | bare forward {bare_qps:.1f} | "
         f"{t['batched_ratio']['value']:.3f} | >= 0.8: {'met' if t['batched_ratio']['met'] else 'NOT met'} |",
-        f"| single-query p50 ms | {single_p50:.1f} | forward {1000 * bare_single:.1f} + search {search:.1f} | "
+        f"| search stages ms/query at batch {args.batch} (coarse + fine, QE included) | {search_batched:.2f} | bare "
+        f"forward {1000 / bare_qps:.2f} | ceiling {ceiling:.3f} | the batched ratio cannot exceed it |",
+        f"| single-query p50 ms | {single_p50:.1f} | forward {1000 * bare_single:.1f} + search {search_in_query:.1f} (alone, "
+        f"warm: {search:.1f}) | "
         f"{t['single_ratio']['value']:.3f} | <= 1.3: {'met' if t['single_ratio']['met'] else 'NOT met'} |",
         f"| index build s, {args.scaling_n:,} vs {4 * args.scaling_n:,} rows (median of {args.repeats}) | "
         f"{scaling['build_s'][small]:.2f} / {scaling['build_s'][large]:.2f} | same bytes written raw: "
         f"{scaling['raw_write_s'][small]:.2f} / {scaling['raw_write_s'][large]:.2f} (ratio {disk_ratio:.2f}) | "
         f"{scaling_ratio:.2f} | <= 4.5: {'met' if t['index_scaling']['met'] else 'NOT met'} |", "",
+        "Engine stages at batch " + str(args.batch) + ", ms/query (medians): "
+        + ", ".join(f"{stage} {ms:.2f}" for stage, ms in stage_ms.items()) + ".", "",
         f"Command: `{result['command']}`", "",
     ]
     atomic_write_text(RESULTS / f"{stem}.md", "\n".join(lines))
