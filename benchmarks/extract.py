@@ -29,6 +29,7 @@ from PIL import Image
 from fgia.data.samples import Sample
 from fgia.features.extract import autocast_for, extract_features, prepare_model
 from fgia.models import create_model, create_trunk, model_spec
+from fgia.results import target
 from fgia.runtime import atomic_write_text, pick_device, seed_everything
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="interleaved rounds; best rate kept")
     args = parser.parse_args()
+    started = time.perf_counter()
     cfg = BenchConfig(**{k: v for k, v in vars(args).items()})
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -150,6 +152,10 @@ def main() -> None:
     name = device.type
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
     report = {
+        "targets": {
+            "ratio_no_regions": target(min(r["ratio_no_regions"] for r in rows), 0.9, ">="),
+            "ratio_regions": target(min(r["ratio_regions"] for r in rows), 0.45, ">="),
+        },
         "config": asdict(cfg),
         "images": source,
         "hardware": hardware,
@@ -159,6 +165,7 @@ def main() -> None:
         "torch": torch.__version__,
         "bare_img_s": round(bare, 2),
         "results": rows,
+        "elapsed_s": round(time.perf_counter() - started, 1),
     }
     atomic_write_text(RESULTS / f"extract_{name}.json", json.dumps(report, indent=2) + "\n")
     lines = [
@@ -167,6 +174,9 @@ def main() -> None:
         f"`python benchmarks/extract.py {' '.join(_cli(cfg))}` — images: {source}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end. "
         f"Bare trunk forward: **{bare:.1f} img/s**.",
+        "",
+        *(f"Target {key}: {t['value']} ({t['op']} {t['threshold']}: {'met' if t['met'] else 'NOT met'})  "
+          for key, t in report["targets"].items()),
         "",
         "| head_stages | no regions img/s | ratio (target 0.90) | with regions img/s | ratio (target 0.45) |",
         "|---|---|---|---|---|",

@@ -13,7 +13,7 @@ and seed for every model, then measured on:
 
     python benchmarks/heads.py [--data DIR] [--epochs 8] [--backbone tf_efficientnet_lite0] ...
 
-Writes benchmarks/results/heads.json and heads.md.
+Writes benchmarks/results/heads_<device>.json and .md (no targets: the issue asked for the comparison).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.features import extract_features
 from fgia.metrics import evaluate_retrieval
 from fgia.models import model_spec
+from fgia.runtime import atomic_write_text
 from fgia.train import TrainConfig, evaluate, fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -119,7 +120,7 @@ def _markdown(report: dict) -> str:
     lines = [
         "# Conv-Net / Norm-Net / CN-Nets / plain on the default synthetic benchmark", "",
         f"Command: `{report['command']}`  ", f"Config: `{json.dumps(report['config'])}`  ",
-        f"Data: {report['data']}  ", f"Machine: {report['machine']}", "",
+        f"Data: {report['data']}  ", f"Machine: {report['machine']}; {report['elapsed_s']:.0f} s in all", "",
         "## Held-out images of the auxiliary species (CN-Nets with all backbone stages shared)", "",
         "| model | top-1 | mean per-class | mAP seen | mAP unseen |", "|---|---|---|---|---|",
         f"| Conv-Net head | {cn['top1_conv']:.3f} | {cn['mean_per_class_conv']:.3f} | {cn['mAP_seen_conv']:.3f} "
@@ -146,7 +147,8 @@ def _markdown(report: dict) -> str:
 
 
 def run(bench: HeadsBenchConfig, data: Path | None = None, out: Path = RESULTS, command: str = "") -> dict:
-    """Train and measure every model; write heads.json / heads.md under `out`; return the report."""
+    """Train and measure every model; write heads_<device>.json / .md under `out`; return the report."""
+    started = time.perf_counter()
     torch.set_num_threads(bench.threads)
     with tempfile.TemporaryDirectory() as tmp:
         folder = data or Path(tmp) / "synth"
@@ -162,23 +164,25 @@ def run(bench: HeadsBenchConfig, data: Path | None = None, out: Path = RESULTS, 
             cfg = TrainConfig(**{**asdict(base), "model": "cnnets",
                                  "model_kwargs": {**common, "head_stages": k, "head_dim": bench.head_dim}})
             rows.append(_measure(f"cnnets(head_stages={k})", cfg, train, test, unseen))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     report = {
-        "command": command, "config": asdict(bench),
+        "targets": {}, "command": command, "config": asdict(bench), "device": device,
         "data": f"SynthConfig() defaults ({asdict(SynthConfig())}); OSFGIR split seed 0: "
                 f"{len(train.classes)} auxiliary species, {len(train)} train / {len(test)} held-out images; "
                 f"{len(unseen)} images of unseen species",
         "machine": f"{platform.machine()}, {bench.threads} CPU threads, torch {torch.__version__}",
         "rows": rows,
+        "elapsed_s": round(time.perf_counter() - started, 1),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "heads.json").write_text(json.dumps(report, indent=1))
-    (out / "heads.md").write_text(_markdown(report))
+    atomic_write_text(out / f"heads_{device}.json", json.dumps(report, indent=1))
+    atomic_write_text(out / f"heads_{device}.md", _markdown(report))
     return report
 
 
 def main(
     data: Path | None = typer.Option(None, help="folder of the synthetic benchmark (generated when missing)"),
-    out: Path = typer.Option(RESULTS, help="where heads.json / heads.md go"),
+    out: Path = typer.Option(RESULTS, help="where heads_<device>.json / .md go"),
     epochs: int = typer.Option(HeadsBenchConfig.epochs),
     backbone: str = typer.Option(HeadsBenchConfig.backbone),
     weights: str | None = typer.Option(HeadsBenchConfig.weights, help="'none' for random init"),

@@ -3,7 +3,8 @@
 Generates the `SynthConfig` benchmark (the default one, optionally with fewer images per species), takes its
 zero-shot split (the first half of the species is the auxiliary set that trains every trained method and fits
 the PCA-whitening; the second half is retrieved leave-one-out) and runs `fgia.eval.methods.run_methods_bench`,
-which writes benchmarks/results/methods.{md,json}, rewritten after every method.
+which writes benchmarks/results/methods_<device>.{md,json} (methods_l2_<device> with --no-whiten), rewritten after
+every method.
 
     python benchmarks/methods.py [--images-per-species 40] [--epochs 5] [--image-size 96] [--no-whiten]
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.eval.methods import DEFAULT_METHODS, MethodsConfig, run_methods_bench
+from fgia.runtime import pick_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -31,7 +33,7 @@ def main() -> None:
     parser.add_argument("--no-whiten", action="store_true", help="L2 only, no PCA-whitening")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--results", type=Path, default=RESULTS / "methods.md")
+    parser.add_argument("--results", type=Path, default=None, help="table to write (default: see above)")
     args = parser.parse_args()
 
     cfg = MethodsConfig(backbone=args.backbone, weights=args.weights, image_size=args.image_size,
@@ -42,7 +44,9 @@ def main() -> None:
     manifest = data_dir / "manifest.csv"
     if not manifest.is_file():
         generate_benchmark(cfg.synth, data_dir, progress=False)
-    run_methods_bench(manifest, args.methods, cfg, args.results)
+    device = pick_device(args.device).type
+    results = args.results or RESULTS / f"methods{'_l2' if args.no_whiten else ''}_{device}.md"
+    run_methods_bench(manifest, args.methods, cfg, results)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from fgia.eval.osfgir import split_by_category
 from fgia.features.extract import prepare_model
 from fgia.features.pca import l2_normalize
 from fgia.index import FeatureStore, StoreRow
+from fgia.results import target
 from fgia.retrieval.engine import Pipeline, RetrievalEngine, StageTimer
 from fgia.retrieval.system import (
     SelectionConfig,
@@ -149,11 +150,6 @@ def index_scaling(system, n: int, chunk: int, seed: int, repeats: int = 3) -> di
                 disk[str(total)].append(time.perf_counter() - start)
     return {"build_s": {k: float(np.median(v)) for k, v in build.items()},
             "raw_write_s": {k: float(np.median(v)) for k, v in disk.items()}}
-
-
-def target(value: float, threshold: float, op: str) -> dict:
-    return {"value": value, "threshold": threshold, "op": op, "met": bool(value >= threshold if op == ">=" else
-                                                                            value <= threshold)}
 
 
 def main() -> None:

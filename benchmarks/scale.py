@@ -41,16 +41,12 @@ from fgia.features.distributed import extract_models_ray, ray_session  # noqa: E
 from fgia.features.extract import extract_models  # noqa: E402
 from fgia.features.pca import l2_normalize  # noqa: E402
 from fgia.index import IndexConfig, MilvusStore, StoreRow, create_index  # noqa: E402
+from fgia.results import target  # noqa: E402
 from fgia.retrieval.system import SystemConfig, unified_model  # noqa: E402
 from fgia.runtime import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_BIRDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "cub100" / "CUB_200_2011" / "images"
-
-
-def target(value: float, threshold: float, op: str) -> dict:
-    return {"value": value, "threshold": threshold, "op": op,
-            "met": bool(value >= threshold if op == ">=" else value <= threshold)}
 
 
 def clustered(n: int, dim: int, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

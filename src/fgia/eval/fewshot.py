@@ -49,6 +49,7 @@ from fgia.features.extract import extract_features
 from fgia.features.pca import l2_normalize
 from fgia.models import create_model, load_model, save_model
 from fgia.models.spec import model_spec
+from fgia.results import target
 from fgia.runtime import atomic_write_text, output_folder, pick_device, seed_everything
 from fgia.train.cache import TrunkCache
 from fgia.train.episodic import EpisodeSampler, EpisodicConfig, meta_train
@@ -274,7 +275,7 @@ def fewshot_targets(rows: list[FewShotRow], cfg: FewShotBenchConfig) -> dict[str
     if not margins:
         return {}
     value = min(margins.values())
-    return {"min_margin_over_ci": {"value": round(value, 3), "threshold": 1.0, "op": ">=", "met": bool(value >= 1.0),
+    return {"min_margin_over_ci": {**target(round(value, 3), 1.0, ">="),
                                    "per_dataset": {k: round(v, 3) for k, v in margins.items()}}}
 
 

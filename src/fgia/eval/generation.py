@@ -41,6 +41,7 @@ from fgia.eval.osfgir import _versions, default_config
 from fgia.features.pca import l2_normalize
 from fgia.models.backbones import Trunk, create_trunk
 from fgia.models.generative import GenerativeModel
+from fgia.results import target
 from fgia.runtime import atomic_path, atomic_write_text, pick_device, seed_everything
 from fgia.train.generative import (
     GenerativeConfig,
@@ -373,10 +374,6 @@ def run_generation_dataset(name: str, dataset: FineGrainedDataset, cfg: Generati
 
 def _targets(datasets: dict[str, dict], elapsed_s: float, cfg: GenerationBenchConfig) -> dict[str, dict]:
     """The issue's targets (plus the FD comparison it asks for), each with value, threshold, op and met."""
-    def target(value: float, threshold: float, op: str) -> dict[str, Any]:
-        met = value >= threshold if op == ">=" else value <= threshold
-        return {"value": float(value), "threshold": threshold, "op": op, "met": bool(met)}
-
     targets = {f"{name}_consistency_over_chance": target(r["models"]["cvaegan"]["consistency_over_chance"],
                                                          cfg.consistency_threshold, ">=")
                for name, r in datasets.items()}

@@ -44,6 +44,7 @@ from fgia.features.pca import l2_normalize
 from fgia.index import create_index
 from fgia.index.vector_index import code_bytes
 from fgia.metrics import evaluate_hamming, evaluate_retrieval
+from fgia.results import target
 from fgia.runtime import pick_device
 from fgia.train.cache import TrunkCache
 from fgia.train.trainer import fit
@@ -243,7 +244,7 @@ def hashing_targets(rows: list[HashingRow], cfg: HashingBenchConfig) -> dict[str
         if learned is None or other is None:
             continue
         value = learned / other if key.endswith("over_real") else learned - other
-        targets[key] = {"value": round(value, 4), "threshold": threshold, "op": op, "met": bool(value >= threshold)}
+        targets[key] = target(round(value, 4), threshold, op)
     return targets
 
 

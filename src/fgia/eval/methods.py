@@ -392,11 +392,12 @@ def methods_markdown(rows: list[MethodResult]) -> str:
 
 def write_methods_table(rows: list[MethodResult], path: str | os.PathLike, cfg: MethodsConfig,
                         extra: dict[str, Any] | None = None) -> Path:
-    """Write `path` (.md: config + table) and the same rows as JSON beside it; both atomically."""
+    """Write `path` (.md: config + table) and the same rows as JSON beside it (with an empty "targets": this
+    comparison has none); both atomically."""
     path = Path(path)
     header = "# Methods comparison\n\n" + "".join(f"- {k}: {v}\n" for k, v in {**to_dict(cfg), **(extra or {})}.items())
     atomic_write_text(path.with_suffix(".md"), header + "\n" + methods_markdown(rows))
-    payload = {"config": to_dict(cfg), **(extra or {}), "rows": [asdict(r) for r in rows]}
+    payload = {"targets": {}, "config": to_dict(cfg), **(extra or {}), "rows": [asdict(r) for r in rows]}
     atomic_write_text(path.with_suffix(".json"), json.dumps(payload, indent=1))
     return path.with_suffix(".md")
 

@@ -46,6 +46,7 @@ from fgia.eval.report import (
 )
 from fgia.features.extract import extract_models
 from fgia.metrics import evaluate_rankings
+from fgia.results import target
 from fgia.retrieval.engine import (
     STAGES,
     ImageFeatures,
@@ -479,8 +480,7 @@ def real_bench_payload(report: OsfgirReport, cfg: OsfgirConfig, shared: Path) ->
         "database_images": (report.split["database"], whole["database"], ">="),
         "queries": (report.split["queries"], whole["queries"], ">="),
     }
-    targets = {key: {"value": float(v), "threshold": float(t), "op": op,
-                     "met": bool(v >= t if op == ">=" else v <= t)} for key, (v, t, op) in values.items()}
+    targets = {key: target(float(v), float(t), op) for key, (v, t, op) in values.items()}
     return {"targets": targets, "default_pipeline": default["method"], "rows": report.rows, "split": report.split,
             "classifier": report.classifier, "timings_ms": report.timings_ms, "selection": report.selection,
             "seconds": report.seconds, "elapsed_s": report.elapsed_s, "versions": report.versions,

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fgia import results
 from fgia.config import load_yaml, to_dict
 from fgia.data import load_image, read_dataset, zero_shot_split
 from fgia.data.samples import FineGrainedDataset
@@ -267,8 +268,7 @@ def targets(report: dict[str, Any], elapsed_s: float, budget_s: float) -> dict[s
     """The issue's targets from the measured tables."""
 
     def target(value: float, threshold: float, op: str) -> dict[str, Any]:
-        met = value >= threshold if op == ">=" else value <= threshold
-        return {"value": round(float(value), 4), "threshold": threshold, "op": op, "met": bool(met)}
+        return results.target(round(float(value), 4), threshold, op)
 
     out, trained_gaps, metric_gaps = {}, [], []
     for name, part in report["datasets"].items():
