@@ -13,7 +13,9 @@ OPS = {">=": operator.ge, "<=": operator.le}
 
 
 def target(value: float, threshold: float, op: str) -> dict[str, Any]:
-    """One target: the measured `value` against `threshold` under `op` (">=" or "<="), and whether it is met."""
+    """One target: the measured `value` against `threshold` under `op` (">=" or "<="), and whether it is met (both
+    numbers as Python floats, so NumPy scalars serialise to JSON)."""
     if op not in OPS:
         raise ValueError(f"a target's op is one of {sorted(OPS)}, got {op!r}")
+    value, threshold = float(value), float(threshold)
     return {"value": value, "threshold": threshold, "op": op, "met": bool(OPS[op](value, threshold))}
