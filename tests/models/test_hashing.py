@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fgia.features.binary import binarize
 from fgia.models import create_model, list_models, load_model, save_model
 
 
@@ -73,7 +74,7 @@ def test_straight_through_classifies_the_binary_code_and_trains_the_relaxed_one(
     model = _model().train()
     out = model(torch.randn(4, 3, 64, 64))
     u = out.embedding[:, model.code_slices[12]]
-    binary = torch.where(u >= 0, 1.0, -1.0)
+    binary = torch.from_numpy(binarize(u.detach().numpy()))  # the code the index stores
     torch.testing.assert_close(out.head_logits["12"], model.classifiers["12"](binary))
     out.head_logits["12"].sum().backward()
     assert model.hash_layers["12"].linear.weight.grad.abs().sum() > 0  # the gradient passes the sign

@@ -158,8 +158,9 @@ class HashingNet(FrozenLowerTrunk):
 
 
 def _sign_straight_through(u: Tensor) -> Tensor:
-    """sign(u) in the forward pass, the identity's gradient in the backward one (Greedy Hash)."""
-    return u + (torch.where(u >= 0, 1.0, -1.0).to(u.dtype) - u).detach()
+    """The binary code in the forward pass (+1 where u > 0, else -1: `fgia.features.binary.binarize`, what the index
+    stores), the identity's gradient in the backward one (Greedy Hash)."""
+    return u + (torch.where(u > 0, 1.0, -1.0).to(u.dtype) - u).detach()
 
 
 @register_model(name="a2net_hash")
