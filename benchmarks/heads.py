@@ -36,7 +36,7 @@ from fgia.data.synthetic import SynthConfig, generate_benchmark
 from fgia.features import extract_features
 from fgia.metrics import evaluate_retrieval
 from fgia.models import model_spec
-from fgia.runtime import atomic_write_text
+from fgia.runtime import atomic_write_text, pick_device
 from fgia.train import TrainConfig, evaluate, fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -164,7 +164,7 @@ def run(bench: HeadsBenchConfig, data: Path | None = None, out: Path = RESULTS, 
             cfg = TrainConfig(**{**asdict(base), "model": "cnnets",
                                  "model_kwargs": {**common, "head_stages": k, "head_dim": bench.head_dim}})
             rows.append(_measure(f"cnnets(head_stages={k})", cfg, train, test, unseen))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device().type
     report = {
         "targets": {}, "command": command, "config": asdict(bench), "device": device,
         "data": f"SynthConfig() defaults ({asdict(SynthConfig())}); OSFGIR split seed 0: "

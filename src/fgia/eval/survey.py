@@ -98,10 +98,9 @@ def survey_recipe() -> MethodsConfig:
     Cars). Random Maclaurin compact bilinear (`compact_bilinear_rm`) and ArcFace are available, not run by
     default."""
     frozen = {"frozen_stages": 4}
-    metric = {"triplet": {"backbone_lr_scale": 0.2}, "normalized_softmax": {"backbone_lr_scale": 0.2},
-              "multi_similarity": {"backbone_lr_scale": 0.05, "freeze_backbone_bn": True},
-              "proxy_anchor": {"backbone_lr_scale": 0.05, "freeze_backbone_bn": True},
-              "arcface": {"backbone_lr_scale": 0.2}}
+    metric = {loss: {"backbone_lr_scale": 0.2} for loss in METRIC_LOSSES}
+    metric |= {loss: {"backbone_lr_scale": 0.05, "freeze_backbone_bn": True} for loss in ("multi_similarity",
+                                                                                           "proxy_anchor")}
     encoder = {"backbone_lr_scale": 0.2}
     return MethodsConfig(
         backbone="tf_efficientnet_lite0", weights="efficientnet-lite0", image_size=128, epochs=4, batch_size=32,
